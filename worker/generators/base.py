@@ -66,3 +66,25 @@ class Generator(Protocol):
     ) -> GenerationResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class LLMGate(Protocol):
+    """Fleet-wide backpressure shared by every worker on every host.
+
+    ``wait_open`` blocks while a 429/529 with ``retry-after`` has paused the
+    fleet; ``pause`` extends the pause for everyone (never shortens it).
+    """
+
+    async def wait_open(self) -> None: ...
+
+    async def pause(self, seconds: float, reason: str) -> None: ...
+
+
+class OpenGate:
+    """A gate that never closes: for one-off runs and unit tests."""
+
+    async def wait_open(self) -> None:
+        return None
+
+    async def pause(self, seconds: float, reason: str) -> None:
+        return None

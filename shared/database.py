@@ -1,0 +1,62 @@
+"""Connections: which database, and how to reach it.
+
+``database_url`` resolves the settings to a libpq URL (starting the embedded
+server when none is configured); ``engine`` gives SQLAlchemy what it needs.
+Unreachable servers become ``DatabaseError`` here, so callers see one type.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import psycopg
+import sqlalchemy as sa
+
+from shared.embedded import embedded_database_url
+from shared.errors import DatabaseError
+from shared.settings import Settings
+
+
+def database_url(settings: Settings) -> str:
+    """The libpq URL of the queue database."""
+    if settings.database_url is not None:
+        return _libpq(settings.database_url.get_secret_value())
+    return embedded_database_url(settings.data_dir)
+
+
+def listen_url(settings: Settings, url: str) -> str:
+    """Where the LISTEN connection goes: direct to the server behind a pooler."""
+    if settings.listen_url is not None:
+        return _libpq(settings.listen_url.get_secret_value())
+    return url
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache(maxsize=8)
+def engine(url: str) -> sa.Engine:
+    """A small pooled SQLAlchemy engine for one URL (CLI, API, migrations)."""
+    return sa.create_engine(
+        sqlalchemy_url(url), pool_size=5, max_overflow=5, pool_pre_ping=True
+    )
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """A plain psycopg connection; an unreachable server is a DatabaseError."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot reach PostgreSQL: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -1,0 +1,5 @@
+"""``python -m worker`` is ``artifactd``."""
+
+from worker.cli import main
+
+main()

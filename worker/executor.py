@@ -1,0 +1,199 @@
+"""Runs one claimed artifact as a short recipe of named steps.
+
+load input → render request → call the generator → classify the outcome →
+persist (through the completer) → log one outcome line. The executor never
+decides *when* to run; the runner does. It never writes without the lease
+token; the completer's statements are fenced by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import structlog
+
+from shared.artifact_types import ArtifactType
+from shared.errors import (
+    ErrorCode,
+    JobError,
+    LeaseLost,
+    PermanentJobError,
+    error_content,
+    job_error,
+)
+from shared.text import storable, storable_text
+from worker.claimer import ClaimedRow
+from worker.completer import Completer, Finish, Release
+from worker.generators.base import GenerationRequest, GenerationResult, Generator
+from worker.progress import ProgressWriter
+from worker.retry import retry_delay_s
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Job:
+    """One claimed row while this process holds it."""
+
+    row: ClaimedRow
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.row.id
+
+    @property
+    def token(self) -> str:
+        return self.row.lease_token
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # "success", "failed" or "retry"
+    error_code: str | None = None
+    written: bool = True
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        generator: Generator,
+        artifact_types: dict[str, ArtifactType],
+        completer: Completer,
+        progress: ProgressWriter,
+        locale: str,
+        attempt_timeout_s: float,
+        worker_id: str,
+    ) -> None:
+        self._generator = generator
+        self._types = artifact_types
+        self._completer = completer
+        self._progress = progress
+        self._locale = locale
+        self._attempt_timeout_s = attempt_timeout_s
+        self._worker_id = worker_id
+
+    async def execute(self, job: Job) -> Outcome:
+        row = job.row
+        structlog.contextvars.bind_contextvars(
+            artifact_id=row.id,
+            task_id=row.task_id,
+            artifact_type=row.artifact_type,
+            attempt=row.attempts,
+        )
+        if row.lost_owner:
+            log.warning("artifact.reclaimed", previous_owner=row.lost_owner)
+        log.debug("artifact.claimed")
+
+        try:
+            request = self._load_input(row)
+            result = await self._generate(request, job)
+            self._check_output(request.artifact_type, result)
+        except LeaseLost:
+            job.lost = True
+            log.warning("artifact.lease_lost", action="result discarded")
+            return Outcome("lost", written=False)
+        except JobError as exc:
+            return await self._persist_failure(job, exc)
+        except Exception as exc:  # anything unexpected: retry, traceback to the log only
+            log.error("artifact.internal_error", error=repr(exc), traceback=traceback.format_exc())
+            return await self._persist_failure(job, job_error(ErrorCode.INTERNAL_ERROR, type(exc).__name__))
+        return await self._persist_success(job, result)
+
+    def _load_input(self, row: ClaimedRow) -> GenerationRequest:
+        if not row.task_exists:
+            raise PermanentJobError(ErrorCode.INPUT_NOT_FOUND, f"task {row.task_id!r}")
+        artifact_type = self._types.get(row.artifact_type)
+        if artifact_type is None:
+            raise PermanentJobError(ErrorCode.UNKNOWN_ARTIFACT_TYPE, f"{row.artifact_type!r}")
+        transcript = storable_text(row.transcript or "")
+        if not transcript.strip():
+            raise PermanentJobError(ErrorCode.INPUT_EMPTY)
+        return GenerationRequest(
+            artifact_id=row.id,
+            task_id=row.task_id,
+            task_name=row.task_name or "",
+            meeting_time=row.meeting_time,
+            language=row.language,
+            transcript=transcript,
+            artifact_type=artifact_type,
+            locale=self._locale,
+            attempt=row.attempts,
+        )
+
+    async def _generate(self, request: GenerationRequest, job: Job) -> GenerationResult:
+        async def report(progress: dict[str, Any]) -> None:
+            await self._progress.report(job.id, job.token, progress)
+
+        try:
+            async with asyncio.timeout(self._attempt_timeout_s):
+                return await self._generator.generate(request, report)
+        except TimeoutError:
+            raise job_error(ErrorCode.LLM_TIMEOUT, f"attempt exceeded {self._attempt_timeout_s:g}s") from None
+
+    def _check_output(self, artifact_type: ArtifactType, result: GenerationResult) -> None:
+        if artifact_type.format != "json" or artifact_type.json_schema is None:
+            return
+        try:
+            jsonschema.validate(result.data, artifact_type.json_schema)
+        except jsonschema.ValidationError as exc:
+            raise PermanentJobError(ErrorCode.OUTPUT_INVALID, exc.message[:300]) from None
+
+    async def _persist_success(self, job: Job, result: GenerationResult) -> Outcome:
+        duration_ms = round((time.monotonic() - job.started) * 1000)
+        metadata = storable({**result.metadata, "duration_ms": duration_ms, "worker_id": self._worker_id})
+        written = await self._completer.finish(
+            Finish(job.id, job.token, "success", storable(result.content()), metadata, None)
+        )
+        if not written:
+            log.warning("artifact.write_refused", reason="lease gone", action="result discarded")
+            return Outcome("success", written=False)
+        log.info(
+            "artifact.succeeded",
+            duration_ms=duration_ms,
+            usage=result.metadata.get("usage"),
+            model=result.metadata.get("model"),
+        )
+        return Outcome("success")
+
+    async def _persist_failure(self, job: Job, exc: JobError) -> Outcome:
+        row = job.row
+        duration_ms = round((time.monotonic() - job.started) * 1000)
+        detail = storable_text(exc.detail) if exc.detail else None
+        error = {
+            "error_code": exc.code.value,
+            "detail": detail,
+            "attempt": row.attempts,
+            "worker_id": self._worker_id,
+            "duration_ms": duration_ms,
+        }
+        if exc.retryable and row.attempts < row.max_attempts:
+            delay_s = retry_delay_s(row.attempts, exc.retry_after_s)
+            written = await self._completer.release(Release(job.id, job.token, delay_s, error))
+            if written:
+                log.warning(
+                    "artifact.retry_scheduled",
+                    error_code=exc.code.value,
+                    error=detail,
+                    retry_in_s=round(delay_s, 2),
+                    duration_ms=duration_ms,
+                )
+            return Outcome("retry", exc.code.value, written)
+
+        content = error_content(exc.code, self._locale, detail)
+        written = await self._completer.finish(
+            Finish(job.id, job.token, "failed", content, {"duration_ms": duration_ms}, error)
+        )
+        if written:
+            log.error("artifact.failed", error_code=exc.code.value, error=detail, duration_ms=duration_ms)
+        else:
+            log.warning("artifact.write_refused", reason="lease gone", action="failure discarded")
+        return Outcome("failed", exc.code.value, written)

@@ -1,0 +1,363 @@
+"""The worker daemon: the loops around the executor, and shutdown.
+
+Moving parts, each a coroutine: the claimer loop (claims when slots are free
+and something woke it), the heartbeat (renews every lease this process holds
+in one statement), the rescuer (fails rows whose workers died too often),
+the completer (batched final writes), the listener (LISTEN/NOTIFY wake-ups)
+and any extra loops the caller adds (the notifier, metrics). No transaction
+stays open while a job runs.
+
+Shutdown (SIGTERM/SIGINT): stop claiming, give running jobs
+``shutdown_grace_s`` to finish, then cancel the rest and hand their rows back
+at once so another worker can take them. A second signal skips the grace
+period. A process killed outright loses nothing either: its leases expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import structlog
+from psycopg_pool import AsyncConnectionPool
+
+from shared import queue
+from shared.artifact_types import ArtifactType
+from shared.errors import ErrorCode, error_content
+from worker.claimer import ClaimedRow, Claimer
+from worker.completer import Completer
+from worker.executor import Executor, Job, Outcome
+from worker.generators.base import Generator
+from worker.identity import new_worker_id
+from worker.listener import Listener
+from worker.progress import ProgressWriter
+
+log = structlog.get_logger(__name__)
+
+DB_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    database_url: str
+    listen_url: str
+    concurrency: int
+    lease_s: float
+    poll_interval_s: float
+    shutdown_grace_s: float
+    attempt_timeout_s: float
+    locale: str
+    fleet_concurrency: int | None = None
+    drain: bool = False
+    channels: list[str] = field(default_factory=list)
+    worker_id: str = field(default_factory=new_worker_id)
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    lost: int = 0
+    released: int = 0
+
+
+# Hooks for components that live beside the loop (metrics, systemd notify).
+OutcomeHook = Callable[[Job, Outcome], None]
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        generator: Generator,
+        artifact_types: dict[str, ArtifactType],
+        pool: AsyncConnectionPool,
+        extra_loops: list[Callable[[], Awaitable[None]]] | None = None,
+        on_outcome: list[OutcomeHook] | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.worker_id
+        self.stats = WorkerStats()
+        self._pool = pool
+        self._generator = generator
+        self._jobs: dict[str, Job] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._extra_loops = extra_loops or []
+        self._on_outcome = on_outcome or []
+        self._claimer = Claimer(
+            pool, worker_id=self.id, lease_s=config.lease_s, fleet_cap=config.fleet_concurrency
+        )
+        self._completer = Completer(pool, channels=config.channels)
+        self._progress = ProgressWriter(pool)
+        self._executor = Executor(
+            generator=generator,
+            artifact_types=artifact_types,
+            completer=self._completer,
+            progress=self._progress,
+            locale=config.locale,
+            attempt_timeout_s=config.attempt_timeout_s,
+            worker_id=self.id,
+        )
+        self._listener = Listener(config.listen_url, [queue.NEW_CHANNEL], self._on_notify)
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def stop(self) -> None:
+        """Begin a graceful stop; a second call skips the grace period."""
+        if self._stopping.is_set():
+            if not self._hurry.is_set():
+                log.warning("worker.stopping_now", in_flight=self.in_flight)
+            self._hurry.set()
+        else:
+            log.info("worker.stopping", in_flight=self.in_flight, grace_s=self.config.shutdown_grace_s)
+            self._stopping.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    async def run(self) -> WorkerStats:
+        """Run until stopped (or, with ``drain``, until nothing is left)."""
+        started = time.monotonic()
+        background = [
+            asyncio.create_task(self._listener.run(), name="listener"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._rescuer_loop(), name="rescuer"),
+            *(asyncio.create_task(loop(), name="extra") for loop in self._extra_loops),
+        ]
+        completer = asyncio.create_task(self._completer.run(), name="completer")
+        try:
+            await self._claim_loop()
+            await self._shutdown()
+        finally:
+            await self._completer.close()
+            await asyncio.wait_for(completer, timeout=None)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._generator.aclose()
+        log.info(
+            "worker.stopped",
+            worker_id=self.id,
+            uptime_s=round(time.monotonic() - started, 1),
+            **vars(self.stats),
+        )
+        return self.stats
+
+    # -- claim loop -------------------------------------------------------------
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        self._wake.set()
+
+    async def _claim_loop(self) -> None:
+        db_backoff_s = 0.2
+        while not self._stopping.is_set():
+            # Cleared before looking, so a wake-up (NOTIFY, a finished job)
+            # that lands during the claim below makes the next sleep return.
+            self._wake.clear()
+            free = self.config.concurrency - len(self._jobs)
+            if free <= 0:
+                await self._sleep(None)
+                continue
+
+            try:
+                rows = await self._claimer.claim_batch(free)
+            except DB_ERRORS as exc:
+                log.warning("claim.failed", error=_one_line(exc), retry_in_s=db_backoff_s)
+                await self._sleep(db_backoff_s)
+                db_backoff_s = min(db_backoff_s * 2, 5.0)
+                continue
+            db_backoff_s = 0.2
+            for row in rows:
+                self._start(row)
+            if rows:
+                continue
+
+            if not self._jobs and self.config.drain and await self._nothing_left():
+                log.info("worker.drained")
+                return
+            await self._sleep(await self._idle_wait_s())
+
+    async def _sleep(self, timeout_s: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    async def _idle_wait_s(self) -> float:
+        """Poll interval, or less when a retry or a fleet pause ends sooner."""
+        wait_s = self.config.poll_interval_s
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(queue.NEXT_RUN_AFTER)
+                row = await cur.fetchone()
+        except DB_ERRORS:
+            return wait_s
+        if row and row[0] is not None:
+            wait_s = min(wait_s, max(float(row[0]), 0.01))
+        return wait_s
+
+    async def _nothing_left(self) -> bool:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(queue.COUNT_UNFINISHED)
+                row = await cur.fetchone()
+        except DB_ERRORS:
+            return False
+        return row is not None and row[0] == 0
+
+    def _start(self, row: ClaimedRow) -> None:
+        job = Job(row)
+        self._jobs[row.id] = job
+        self.stats.claimed += 1
+        job.task = asyncio.create_task(self._run_job(job), name=f"job:{row.id}")
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            outcome = await self._executor.execute(job)
+        except asyncio.CancelledError:
+            # Cancelled by the heartbeat (lease lost) or by shutdown; the
+            # shutdown path releases what it cancelled.
+            if job.lost:
+                self.stats.lost += 1
+                log.warning("artifact.lease_lost", artifact_id=job.id, action="job stopped")
+            return
+        finally:
+            self._jobs.pop(job.id, None)
+            self._progress.forget(job.id)
+            self._wake.set()
+        self._count(outcome)
+        for hook in self._on_outcome:
+            hook(job, outcome)
+
+    def _count(self, outcome: Outcome) -> None:
+        if not outcome.written:
+            self.stats.lost += 1
+        elif outcome.state == "success":
+            self.stats.succeeded += 1
+        elif outcome.state == "failed":
+            self.stats.failed += 1
+        elif outcome.state == "retry":
+            self.stats.retried += 1
+
+    # -- heartbeat and rescuer --------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval_s = self.config.lease_s / 3
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.renew_leases()
+
+    async def renew_leases(self) -> None:
+        """Renew every lease held here in one statement; stop jobs that lost theirs."""
+        jobs = [job for job in self._jobs.values() if not job.lost]
+        if not jobs:
+            return
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    queue.RENEW_LEASES,
+                    {
+                        "lease_s": self.config.lease_s,
+                        "ids": [job.id for job in jobs],
+                        "tokens": [job.token for job in jobs],
+                    },
+                )
+                renewed = {row[0] for row in await cur.fetchall()}
+        except DB_ERRORS as exc:
+            # Jobs keep running; if the database stays away past the lease, the
+            # final write is refused and another worker redoes the row.
+            log.warning("heartbeat.failed", error=_one_line(exc), action="retry next beat")
+            return
+        for job in jobs:
+            if job.id not in renewed and job.id in self._jobs:
+                job.lost = True
+                if job.task is not None:
+                    job.task.cancel()
+
+    async def _rescuer_loop(self) -> None:
+        interval_s = min(max(self.config.lease_s / 2, 1.0), 15.0)
+        content = error_content(ErrorCode.WORKER_LOST, self.config.locale)
+        error = {"error_code": ErrorCode.WORKER_LOST.value, "detail": "lease expired with no attempts left"}
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(
+                        queue.FAIL_LOST_ARTIFACTS,
+                        {
+                            "limit": 100,
+                            "content": json.dumps(content),
+                            "error": json.dumps(error),
+                            "channels": self.config.channels,
+                        },
+                    )
+                    for (artifact_id,) in await cur.fetchall():
+                        log.error("artifact.failed", artifact_id=artifact_id, error_code="WORKER_LOST")
+            except DB_ERRORS as exc:
+                log.warning("rescuer.failed", error=_one_line(exc), action="retry next round")
+            await asyncio.sleep(interval_s)
+
+    # -- shutdown ---------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        await self._wait_for_jobs(self.config.shutdown_grace_s)
+        leftover = [job for job in self._jobs.values() if not job.lost]
+        tasks = [job.task for job in leftover if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if leftover:
+            await self._release(leftover)
+
+    async def _wait_for_jobs(self, grace_s: float) -> None:
+        """Until every job is done, the grace period ends, or a second signal."""
+        deadline = time.monotonic() + grace_s
+        hurry = asyncio.create_task(self._hurry.wait())
+        try:
+            while not self._hurry.is_set():
+                pending = [j.task for j in self._jobs.values() if j.task and not j.task.done()]
+                remaining_s = deadline - time.monotonic()
+                if not pending or remaining_s <= 0:
+                    return
+                await asyncio.wait(
+                    [*pending, hurry], timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            hurry.cancel()
+
+    async def _release(self, jobs: list[Job]) -> None:
+        for delay_s in (0.2, 0.5, 1.0, 2.0):
+            try:
+                async with self._pool.connection() as conn:
+                    cur = await conn.execute(
+                        queue.RELEASE_ON_SHUTDOWN,
+                        {"ids": [j.id for j in jobs], "tokens": [j.token for j in jobs]},
+                    )
+                    released = await cur.fetchall()
+                self.stats.released += len(released)
+                log.info("worker.released", count=len(released), artifact_ids=[r[0] for r in released])
+                return
+            except DB_ERRORS as exc:
+                log.warning("worker.release_failed", error=_one_line(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+        log.error("worker.release_abandoned", count=len(jobs), action="leases will expire")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
