@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from shared.database import database_url, engine, sqlalchemy_url
+from shared.database import database_url, engine
 from shared.settings import load_settings
 
 config = context.config
@@ -17,8 +17,8 @@ config = context.config
 def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
-        return sqlalchemy_url(url)
-    return sqlalchemy_url(database_url(load_settings()))
+        return url
+    return database_url(load_settings())
 
 
 def run_migrations_online() -> None:
@@ -35,7 +35,9 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=_url(), literal_binds=True)
+    context.configure(
+        url=_url().replace("postgresql://", "postgresql+psycopg://", 1), literal_binds=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:

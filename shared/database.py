@@ -1,7 +1,7 @@
 """Connections: which database, and how to reach it.
 
 ``database_url`` resolves the settings to a libpq URL (starting the embedded
-server when none is configured); ``engine`` gives SQLAlchemy what it needs.
+server when none is configured); ``engine`` gives SQLAlchemy a pool over the same URL.
 Unreachable servers become ``DatabaseError`` here, so callers see one type.
 """
 
@@ -35,18 +35,17 @@ def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
 @lru_cache(maxsize=8)
 def engine(url: str) -> sa.Engine:
     """A small pooled SQLAlchemy engine for one URL (CLI, API, migrations)."""
+    # The creator lets libpq parse the URL, so key=value strings and socket
+    # hosts (the embedded server's) work exactly as they do for psycopg.
     return sa.create_engine(
-        sqlalchemy_url(url), pool_size=5, max_overflow=5, pool_pre_ping=True
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(url, connect_timeout=10),
+        pool_size=5,
+        max_overflow=5,
+        pool_pre_ping=True,
     )
 
 

@@ -57,7 +57,7 @@ WITH candidates AS (
     FROM candidates c
     WHERE a.id = c.id
     RETURNING a.id, a.task_id, a.artifact_type, a.attempts, a.max_attempts,
-              a.lease_token, c.lost_owner, a.created_at
+              a.lease_token, c.lost_owner, a.priority, a.created_at
 )
 SELECT c.id::text AS id, c.task_id, c.artifact_type, c.attempts, c.max_attempts,
        c.lease_token::text AS lease_token, c.lost_owner,
@@ -65,7 +65,7 @@ SELECT c.id::text AS id, c.task_id, c.artifact_type, c.attempts, c.max_attempts,
        t.language, t.transcript
 FROM claimed c
 LEFT JOIN tasks t ON t.id = c.task_id
-ORDER BY c.created_at
+ORDER BY c.priority DESC, c.created_at
 """
 
 CLAIM_BATCH = _CLAIM
@@ -205,42 +205,64 @@ SELECT id::text FROM failed
 """
 
 # Operator or API cancel. A worker running the row loses its token and stops
-# at its next renewal or write.
+# at its next renewal or write. The first CTE locks the rows and remembers who
+# held them, since the UPDATE's RETURNING sees the lease already cleared. A row
+# that finishes while we wait for its lock drops out when the lock is granted
+# (PostgreSQL rechecks ``state`` on the newest version), so a success is never
+# overwritten. Returns ``id, lease_owner, was_running`` per cancelled row.
 CANCEL_ARTIFACTS = """
-WITH cancelled AS (
+WITH target AS (
+    SELECT id, lease_owner,
+           lease_token IS NOT NULL AND lease_expires_at > now() AS was_running
+    FROM generated_artifacts
+    WHERE id = ANY(%(ids)s::uuid[]) AND state = 'processing'
+    FOR UPDATE
+), cancelled AS (
     UPDATE generated_artifacts a
     SET state = 'failed',
         content = %(content)s::jsonb,
+        metadata = (a.metadata - 'progress') || jsonb_build_object(
+            'cancelled', jsonb_build_object(
+                'at', now(), 'attempts', a.attempts, 'lease_owner', t.lease_owner)),
         lease_owner = NULL,
         lease_token = NULL,
         lease_expires_at = NULL,
         finished_at = now(),
         updated_at = now()
-    WHERE a.id = ANY(%(ids)s::uuid[]) AND a.state = 'processing'
-    RETURNING a.id, a.state
+    FROM target t
+    WHERE a.id = t.id AND a.state = 'processing'
+    RETURNING a.id, a.state, t.lease_owner, t.was_running
 ), outbox AS (
     INSERT INTO notifications (artifact_id, event, channel)
     SELECT c.id, c.state, ch.channel
     FROM cancelled c CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
 )
-SELECT id::text FROM cancelled
+SELECT id::text, lease_owner, was_running FROM cancelled
 """
 
-# Failed rows back to work, attempts reset; the failure stays in metadata.
+# Failed rows back to work, attempts reset; the failure stays in metadata
+# (``previous_failures``: the failed content plus when it started, finished and
+# how many attempts it took). ``started_at`` is cleared so the next run's
+# duration is its own, and stale progress goes with it.
 REQUEUE_ARTIFACTS = """
 WITH requeued AS (
     UPDATE generated_artifacts a
     SET state = 'processing',
         attempts = 0,
         run_after = now(),
-        metadata = a.metadata || jsonb_build_object(
+        metadata = (a.metadata - 'progress') || jsonb_build_object(
             'previous_failures', coalesce(a.metadata->'previous_failures', '[]'::jsonb)
                 || jsonb_build_array(coalesce(a.content, '{}'::jsonb)
-                    || jsonb_build_object('finished_at', a.finished_at))),
+                    || jsonb_build_object(
+                        'started_at', a.started_at,
+                        'finished_at', a.finished_at,
+                        'attempts', a.attempts,
+                        'requeued_at', now()))),
         content = NULL,
         lease_owner = NULL,
         lease_token = NULL,
         lease_expires_at = NULL,
+        started_at = NULL,
         finished_at = NULL,
         updated_at = now()
     WHERE a.id = ANY(%(ids)s::uuid[]) AND a.state = 'failed'
@@ -281,3 +303,214 @@ SELECT count(*) FILTER (WHERE lease_token IS NULL OR lease_expires_at < now()),
 FROM generated_artifacts
 WHERE state = 'processing'
 """
+
+# -- operator statements: list, show, requeue, stats, prune -------------------
+# Read by the CLI and the API through ``shared.ops``; never on the claim path.
+
+# Newest first over ix_generated_artifacts_created. Every filter is optional
+# (NULL: not applied); ages are seconds before now().
+LIST_ARTIFACTS = """
+SELECT a.id::text AS id, a.task_id, t.name AS task_name, a.artifact_type, a.version,
+       a.state, a.attempts, a.max_attempts, a.content->>'error_code' AS error_code,
+       a.created_at, a.finished_at,
+       round(extract(epoch FROM a.finished_at - a.started_at) * 1000)::float8
+           AS duration_ms,
+       coalesce(n.notifications, '[]'::jsonb) AS notifications
+FROM generated_artifacts a
+LEFT JOIN tasks t ON t.id = a.task_id
+LEFT JOIN LATERAL (
+    SELECT jsonb_agg(jsonb_build_object('channel', channel, 'state', state)
+                     ORDER BY id) AS notifications
+    FROM notifications
+    WHERE artifact_id = a.id
+) n ON true
+WHERE (%(state)s::text IS NULL OR a.state = %(state)s)
+  AND (%(error_code)s::text IS NULL
+       OR (a.state = 'failed' AND a.content->>'error_code' = %(error_code)s))
+  AND (%(artifact_type)s::text IS NULL OR a.artifact_type = %(artifact_type)s)
+  AND (%(task_id)s::text IS NULL OR a.task_id = %(task_id)s)
+  AND (%(older_than_s)s::float8 IS NULL
+       OR a.created_at < now() - make_interval(secs => %(older_than_s)s))
+  AND (%(since_s)s::float8 IS NULL
+       OR a.created_at >= now() - make_interval(secs => %(since_s)s))
+ORDER BY a.created_at DESC
+LIMIT %(limit)s
+"""
+
+ARTIFACT_NOTIFICATIONS = """
+SELECT id, channel, event, state, attempts, next_attempt_at, last_error,
+       created_at, sent_at
+FROM notifications
+WHERE artifact_id = %(artifact_id)s::uuid
+ORDER BY id
+"""
+
+ARTIFACT_TYPE_EXISTS = """
+SELECT EXISTS (SELECT 1 FROM generated_artifacts WHERE artifact_type = %(artifact_type)s)
+"""
+
+# What requeue and cancel need to explain a refusal, for the ids asked about.
+ARTIFACTS_BY_ID = """
+SELECT id::text AS id, state, artifact_type, content->>'error_code' AS error_code,
+       extract(epoch FROM now() - finished_at)::float8 AS finished_age_s
+FROM generated_artifacts
+WHERE id = ANY(%(ids)s::uuid[])
+"""
+
+DATABASE_NOW = "SELECT now()"
+
+# Failed rows an operator's filters match, oldest failure first. ``as_of``
+# keeps a requeue from chasing rows that failed again after it started.
+_REQUEUE_MATCH = """
+    state = 'failed'
+    AND updated_at <= %(as_of)s
+    AND (%(error_code)s::text IS NULL OR content->>'error_code' = %(error_code)s)
+    AND (%(artifact_type)s::text IS NULL OR artifact_type = %(artifact_type)s)
+    AND (%(older_than_s)s::float8 IS NULL
+         OR finished_at < now() - make_interval(secs => %(older_than_s)s))
+"""
+
+FIND_REQUEUE_CANDIDATES = f"""
+SELECT id::text AS id, task_id, artifact_type, content->>'error_code' AS error_code,
+       attempts, finished_at
+FROM generated_artifacts
+WHERE {_REQUEUE_MATCH}
+ORDER BY finished_at, id
+LIMIT %(limit)s
+"""  # noqa: S608 - built from this module's constants
+
+COUNT_REQUEUE_CANDIDATES = f"""
+SELECT count(*) FROM generated_artifacts WHERE {_REQUEUE_MATCH}
+"""  # noqa: S608 - built from this module's constants
+
+# Stats. Rows still processing are split by where they are: leased and alive
+# (in flight), waiting to be claimed (a retry may still be backing off), or
+# holding an expired lease (a worker died; the row is claimable again).
+STATS_QUEUE = """
+SELECT count(*) AS processing,
+       count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at >= now())
+           AS in_flight,
+       count(*) FILTER (WHERE lease_token IS NULL AND run_after <= now()) AS ready,
+       count(*) FILTER (WHERE lease_token IS NULL AND run_after > now())
+           AS retry_scheduled,
+       count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at < now())
+           AS expired_leases,
+       extract(epoch FROM now() - min(created_at) FILTER (
+           WHERE lease_token IS NULL OR lease_expires_at < now()))::float8
+           AS oldest_waiting_s,
+       (SELECT extract(epoch FROM paused_until - now())::float8
+        FROM queue_controls
+        WHERE name = 'llm' AND paused_until > now()) AS llm_paused_for_s
+FROM generated_artifacts
+WHERE state = 'processing'
+"""
+
+# Finished in the window, per type plus one total row (artifact_type NULL).
+# Durations are first claim to final write, over successes only.
+STATS_OUTCOMES = """
+SELECT artifact_type,
+       count(*) FILTER (WHERE state = 'success') AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM finished_at - started_at)::float8 * 1000)
+           FILTER (WHERE state = 'success') AS p50_ms,
+       percentile_cont(0.95) WITHIN GROUP (
+           ORDER BY extract(epoch FROM finished_at - started_at)::float8 * 1000)
+           FILTER (WHERE state = 'success') AS p95_ms,
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM started_at - created_at)::float8 * 1000)
+           FILTER (WHERE state = 'success') AS p50_wait_ms
+FROM generated_artifacts
+WHERE state <> 'processing'
+  AND finished_at >= now() - make_interval(secs => %(since_s)s)
+GROUP BY GROUPING SETS ((artifact_type), ())
+ORDER BY artifact_type NULLS LAST
+"""
+
+STATS_ERROR_CODES = """
+SELECT content->>'error_code' AS error_code, artifact_type, count(*) AS count,
+       max(finished_at) AS last_at
+FROM generated_artifacts
+WHERE state = 'failed'
+  AND finished_at >= now() - make_interval(secs => %(since_s)s)
+GROUP BY 1, 2
+ORDER BY count DESC, error_code, artifact_type
+"""
+
+# Pending and dead are counted whenever they were made (they need attention);
+# sent only within the window.
+STATS_NOTIFICATIONS = """
+SELECT channel,
+       count(*) FILTER (WHERE state = 'pending') AS pending,
+       count(*) FILTER (WHERE state = 'sent'
+                        AND coalesce(sent_at, updated_at)
+                            >= now() - make_interval(secs => %(since_s)s)) AS sent,
+       count(*) FILTER (WHERE state = 'dead') AS dead,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE state = 'pending'))::float8
+           AS oldest_pending_s
+FROM notifications
+GROUP BY channel
+ORDER BY channel
+"""
+
+# Prune. One cutoff, taken once from the database clock, serves every batch.
+# Each batch is its own short transaction of at most %(limit)s rows, and
+# SKIP LOCKED steps around rows someone holds, so a large table is never
+# locked for long. Batches walk forward (finished_at, notification id) so
+# rows that stay (an undelivered notification) are not scanned again.
+PRUNE_CUTOFF = "SELECT now() - make_interval(secs => %(older_than_s)s)"
+
+# ``state <> 'processing'`` lets the planner use ix_generated_artifacts_finished.
+# An artifact whose notification is still pending stays until it is delivered
+# or dead; its notifications go with it (ON DELETE CASCADE).
+_PRUNABLE_ARTIFACT = """
+    a.state <> 'processing'
+    AND a.state = ANY(%(states)s::text[])
+    AND a.finished_at < %(cutoff)s
+    AND NOT EXISTS (
+        SELECT 1 FROM notifications n
+        WHERE n.artifact_id = a.id AND n.state = 'pending'
+    )
+"""
+
+COUNT_PRUNABLE_ARTIFACTS = f"""
+SELECT count(*) FROM generated_artifacts a WHERE {_PRUNABLE_ARTIFACT}
+"""  # noqa: S608 - built from this module's constants
+
+PRUNE_ARTIFACTS = f"""
+WITH doomed AS (
+    SELECT a.id FROM generated_artifacts a
+    WHERE {_PRUNABLE_ARTIFACT}
+      AND (%(after)s::timestamptz IS NULL OR a.finished_at >= %(after)s)
+    ORDER BY a.finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM generated_artifacts a
+USING doomed d
+WHERE a.id = d.id
+RETURNING a.finished_at
+"""  # noqa: S608 - built from this module's constants
+
+_PRUNABLE_NOTIFICATION = """
+    state = 'sent' AND coalesce(sent_at, updated_at) < %(cutoff)s
+"""
+
+COUNT_PRUNABLE_NOTIFICATIONS = f"""
+SELECT count(*) FROM notifications WHERE {_PRUNABLE_NOTIFICATION}
+"""  # noqa: S608 - built from this module's constants
+
+PRUNE_NOTIFICATIONS = f"""
+WITH doomed AS (
+    SELECT id FROM notifications
+    WHERE {_PRUNABLE_NOTIFICATION}
+      AND id > %(after_id)s
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM notifications n
+USING doomed d
+WHERE n.id = d.id
+RETURNING n.id
+"""  # noqa: S608 - built from this module's constants

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,9 +40,8 @@ def pg_admin_url() -> Iterator[str]:
 
 
 def _with_database(admin_url: str, name: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(admin_url)
-    info["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**info)
+    parts = urlsplit(admin_url)
+    return urlunsplit(parts._replace(path="/" + name))
 
 
 def create_database(admin_url: str, prefix: str = "artifactd_test") -> str:
