@@ -126,7 +126,8 @@ def _insert(conn: psycopg.Connection, **values: Any) -> dict[str, Any]:
                     %(idempotency_key)s, %(batch_id)s,
                     CASE WHEN %(state)s = 'processing' THEN NULL ELSE now() END)
             RETURNING {_ARTIFACT_COLUMNS}
-            """,
+            """,  # noqa: S608 - a constant column list, no input
+
             values,
         )
         row = cur.fetchone()
@@ -179,7 +180,7 @@ def update_content_and_state(
 def get_artifact(conn: psycopg.Connection, artifact_id: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM generated_artifacts WHERE id = %s::uuid",
+            f"SELECT {_ARTIFACT_COLUMNS} FROM generated_artifacts WHERE id = %s::uuid",  # noqa: S608 - constant columns
             (artifact_id,),
         )
         return cur.fetchone()
@@ -204,3 +205,122 @@ def get_status(conn: psycopg.Connection, artifact_id: str) -> dict[str, Any] | N
             key: row["content"].get(key) for key in ("error_code", "error_message", "hint")
         }
     return status
+
+
+# What the HTTP API adds: lookups for idempotency and de-duplication, lists,
+# batches and cancel. Like the rest, each leaves the transaction to the caller.
+
+_SELECT_ARTIFACTS = f"SELECT {_ARTIFACT_COLUMNS} FROM generated_artifacts"  # noqa: S608 - constant columns
+
+
+def get_task(conn: psycopg.Connection, task_id: str) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """
+            SELECT id, name, meeting_time, note_type, language, transcript, created_at
+            FROM tasks WHERE id = %s
+            """,
+            (task_id,),
+        )
+        return cur.fetchone()
+
+
+def lock_task(conn: psycopg.Connection, task_id: str) -> bool:
+    """Lock the task row until the transaction ends; False when it does not exist.
+
+    Generations for one task take this lock first, so two requests cannot
+    both find no artifact in processing and both insert one.
+    """
+    row = conn.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+    return row.fetchone() is not None
+
+
+def get_artifact_by_idempotency_key(
+    conn: psycopg.Connection, key: str
+) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            _SELECT_ARTIFACTS + " WHERE idempotency_key = %s",
+            (key,),
+        )
+        return cur.fetchone()
+
+
+def get_processing_artifact(
+    conn: psycopg.Connection, task_id: str, artifact_type: str
+) -> dict[str, Any] | None:
+    """The newest artifact of the pair still in ``processing``, if any."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            _SELECT_ARTIFACTS
+            + """
+            WHERE task_id = %s AND artifact_type = %s AND state = 'processing'
+            ORDER BY version DESC
+            LIMIT 1
+            """,
+            (task_id, artifact_type),
+        )
+        return cur.fetchone()
+
+
+def set_idempotency_key(conn: psycopg.Connection, artifact_id: str, key: str) -> bool:
+    """Bind ``key`` to an artifact that has none yet; False when it has one."""
+    row = conn.execute(
+        """
+        UPDATE generated_artifacts SET idempotency_key = %s
+        WHERE id = %s::uuid AND idempotency_key IS NULL
+        RETURNING 1
+        """,
+        (key, artifact_id),
+    )
+    return row.fetchone() is not None
+
+
+def list_task_artifacts(
+    conn: psycopg.Connection, task_id: str, artifact_type: str | None = None
+) -> list[dict[str, Any]]:
+    """Every version of every artifact of a task, newest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            _SELECT_ARTIFACTS
+            + """
+            WHERE task_id = %(task_id)s
+              AND (%(artifact_type)s::text IS NULL OR artifact_type = %(artifact_type)s)
+            ORDER BY created_at DESC, artifact_type, version DESC
+            """,
+            {"task_id": task_id, "artifact_type": artifact_type},
+        )
+        return cur.fetchall()
+
+
+def list_batch_artifacts(conn: psycopg.Connection, batch_id: str) -> list[dict[str, Any]]:
+    """A batch's artifacts in the order they were given (``metadata.batch_index``)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            _SELECT_ARTIFACTS
+            + """
+            WHERE batch_id = %s::uuid
+            ORDER BY (metadata->>'batch_index')::int NULLS LAST, created_at, id
+            """,
+            (batch_id,),
+        )
+        return cur.fetchall()
+
+
+def cancel_artifacts(
+    conn: psycopg.Connection,
+    artifact_ids: list[str],
+    *,
+    locale: str = "zh-CN",
+    channels: list[str] | None = None,
+) -> list[str]:
+    """Fail the given rows still in ``processing`` with CANCELLED; returns their ids."""
+    rows = conn.execute(
+        queue.CANCEL_ARTIFACTS,
+        {
+            "ids": artifact_ids,
+            "content": json.dumps(error_content(ErrorCode.CANCELLED, locale)),
+            "channels": channels or [],
+        },
+    ).fetchall()
+    return [row[0] for row in rows]

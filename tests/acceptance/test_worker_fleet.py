@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.messages_server import FakeMessagesServer
-from tests.support.processes import WorkerProcess, query, scalar, seed, wait_until, workers
+from tests.support.processes import (
+    WorkerProcess,
+    query,
+    scalar,
+    seed,
+    wait_until,
+    workers,
+)
 
 
 def log_events(*procs: WorkerProcess) -> list[dict]:
@@ -141,7 +148,8 @@ def test_poison_row__ends_worker_lost_after_max_attempts_of_dead_workers(
         proc = WorkerProcess(clean_db, tmp_path / f"dying-{attempt}.log", **env)
         try:
             wait_until(
-                lambda: scalar(clean_db, "SELECT attempts FROM generated_artifacts") == attempt
+                lambda attempt=attempt: scalar(clean_db, "SELECT attempts FROM generated_artifacts")
+                == attempt
                 and scalar(clean_db, "SELECT lease_token IS NOT NULL FROM generated_artifacts"),
                 timeout_s=30,
                 message=f"attempt {attempt} claimed",

@@ -19,10 +19,15 @@ import click
 import psycopg
 from psycopg.rows import dict_row
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from shared.logging import configure_logging
 from shared.transcript import read_transcripts
 from worker.cli.common import ExitCode, handle_errors, runtime_from, settings_options
 from worker.daemon import run_worker
@@ -69,7 +74,7 @@ def demo_command(artifact_type: str, **kwargs: Any) -> None:
     rows = asyncio.run(_run_until_done(rt.settings, rt.url, batch_id, len(enqueued), console))
 
     table = Table(title="artifactd demo: results")
-    for column in ("artifact id", "meeting", "lang", "state", "ms", "first lines"):
+    for column in ("artifact id", "meeting", "lang", "state", "ms", "first key point"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
@@ -119,11 +124,14 @@ def _state(state: str) -> str:
 
 
 def _preview(content: dict) -> str:
+    """The first key point (the section after participants), or the first lines."""
     if "error_code" in content:
         return f"{content['error_code']}: {content.get('error_message', '')}"
-    lines = [ln.strip("#*- ").strip() for ln in content.get("text", "").splitlines()]
+    sections = re.split(r"^#{2,3} .*$", content.get("text", ""), flags=re.MULTILINE)
+    body = sections[2] if len(sections) > 2 else content.get("text", "")
+    lines = [re.sub(r"[*#]+", "", ln).strip("- ").strip() for ln in body.splitlines()]
     lines = [re.sub(r"\s+", " ", ln) for ln in lines if ln]
-    return " / ".join(lines[1:4])[:160]
+    return (lines[0] if lines else "")[:140]
 
 
 def register(group: click.Group) -> None:

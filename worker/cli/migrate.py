@@ -7,7 +7,13 @@ from typing import Any
 import click
 
 from shared.schema import migrate
-from worker.cli.common import handle_errors, json_option, print_json, runtime_from, settings_options
+from worker.cli.common import (
+    handle_errors,
+    json_option,
+    print_json,
+    runtime_from,
+    settings_options,
+)
 
 
 @click.command("migrate")
