@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from typing import TYPE_CHECKING
+
 import psycopg
-import sqlalchemy as sa
 
 from shared.embedded import embedded_database_url
 from shared.errors import DatabaseError
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 
 def database_url(settings: Settings) -> str:
@@ -38,6 +42,8 @@ def _libpq(url: str) -> str:
 @lru_cache(maxsize=8)
 def engine(url: str) -> sa.Engine:
     """A small pooled SQLAlchemy engine for one URL (CLI, API, migrations)."""
+    import sqlalchemy as sa  # only migrations need it; it is slow to import
+
     # The creator lets libpq parse the URL, so key=value strings and socket
     # hosts (the embedded server's) work exactly as they do for psycopg.
     return sa.create_engine(

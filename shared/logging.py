@@ -44,7 +44,9 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        cache_logger_on_first_use=True,
+        # Not cached: a cached module logger keeps its first configuration, which
+        # hides it from structlog.testing.capture_logs after an in-process CLI run.
+        cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

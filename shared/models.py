@@ -93,3 +93,14 @@ queue_controls = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
 )
+
+# One row per message sent to a robot in the last minute or so: the sliding
+# window behind the fleet-wide per-robot rate limit. ``rate_key`` is a hash of
+# the robot's URL, never the URL (it carries the robot's key).
+notification_rate = sa.Table(
+    "notification_rate",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("rate_key", sa.Text, nullable=False),
+    sa.Column("sent_at", TS, nullable=False, server_default=sa.func.now()),
+)

@@ -260,14 +260,14 @@ SELECT id::text, lease_owner, was_running FROM cancelled
 # Failed rows back to work, attempts reset; the failure stays in metadata
 # (``previous_failures``: the failed content plus when it started, finished and
 # how many attempts it took). ``started_at`` is cleared so the next run's
-# duration is its own, and stale progress goes with it.
+# duration is its own; stale progress and the cancel record go with it.
 REQUEUE_ARTIFACTS = """
 WITH requeued AS (
     UPDATE generated_artifacts a
     SET state = 'processing',
         attempts = 0,
         run_after = now(),
-        metadata = (a.metadata - 'progress') || jsonb_build_object(
+        metadata = (a.metadata - 'progress' - 'cancelled') || jsonb_build_object(
             'previous_failures', coalesce(a.metadata->'previous_failures', '[]'::jsonb)
                 || jsonb_build_array(coalesce(a.content, '{}'::jsonb)
                     || jsonb_build_object(
@@ -306,12 +306,20 @@ WHERE name = %(name)s AND paused_until > now()
 
 COUNT_UNFINISHED = "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'"
 
-# Seconds until the earliest waiting retry becomes claimable, so an idle
-# worker sleeps exactly that long instead of a whole poll interval.
+# Seconds until the earliest waiting retry becomes claimable (and the fleet
+# pause, if any, has ended), so an idle worker sleeps exactly that long instead
+# of a whole poll interval. NULL when nothing waits: greatest() skips NULLs, so
+# clamping at 0 in SQL turned "nothing to wait for" into "claim again now" and
+# idle workers polled every 10 ms; the caller clamps instead.
 NEXT_RUN_AFTER = """
-SELECT greatest(extract(epoch FROM min(run_after) - now()), 0)::float8
-FROM generated_artifacts
-WHERE state = 'processing' AND lease_token IS NULL
+SELECT greatest(
+    (SELECT extract(epoch FROM min(run_after) - now())
+     FROM generated_artifacts
+     WHERE state = 'processing' AND lease_token IS NULL),
+    (SELECT extract(epoch FROM paused_until - now())
+     FROM queue_controls
+     WHERE name = 'llm' AND paused_until > now())
+)::float8
 """
 
 QUEUE_DEPTH = """
@@ -369,7 +377,7 @@ SELECT EXISTS (SELECT 1 FROM generated_artifacts WHERE artifact_type = %(artifac
 # What requeue and cancel need to explain a refusal, for the ids asked about.
 ARTIFACTS_BY_ID = """
 SELECT id::text AS id, state, artifact_type, content->>'error_code' AS error_code,
-       extract(epoch FROM now() - finished_at)::float8 AS finished_age_s
+       finished_at, extract(epoch FROM now() - finished_at)::float8 AS finished_age_s
 FROM generated_artifacts
 WHERE id = ANY(%(ids)s::uuid[])
 """

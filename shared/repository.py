@@ -225,14 +225,34 @@ def get_task(conn: psycopg.Connection, task_id: str) -> dict[str, Any] | None:
         return cur.fetchone()
 
 
-def lock_task(conn: psycopg.Connection, task_id: str) -> bool:
-    """Lock the task row until the transaction ends; False when it does not exist.
-
-    Generations for one task take this lock first, so two requests cannot
-    both find no artifact in processing and both insert one.
-    """
-    row = conn.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+def task_exists(conn: psycopg.Connection, task_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM tasks WHERE id = %s", (task_id,))
     return row.fetchone() is not None
+
+
+def lock_tasks(conn: psycopg.Connection, task_ids: list[str]) -> set[str]:
+    """Lock these task rows until the transaction ends; returns the ids that exist.
+
+    Generations take these locks before they look for an artifact in
+    processing or insert one, so two requests cannot both find none and both
+    insert. Rows are locked in id order, so two callers never deadlock.
+    """
+    rows = conn.execute(
+        "SELECT id FROM tasks WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (task_ids,)
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+# The two-integer advisory lock space, apart from the single-bigint one the
+# queue and migrations use; the second integer is a hash of the batch id.
+_BATCH_LOCK_CLASS = 72_450
+
+
+def lock_batch(conn: psycopg.Connection, batch_id: str) -> None:
+    """Serialise writers of one batch id until the transaction ends."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_BATCH_LOCK_CLASS, batch_id)
+    )
 
 
 def get_artifact_by_idempotency_key(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -102,6 +103,13 @@ class Settings(BaseSettings):
     )
     """Seconds one whole attempt (all parts and retries) may take. Default 900."""
 
+    context_tokens: int = Field(
+        default=200_000, ge=1_024,
+        validation_alias=AliasChoices("ARTIFACTD_CONTEXT_TOKENS", "context_tokens"),
+    )
+    """Tokens the model reads and writes in one request; a longer transcript is
+    generated in parts and combined. Default 200000."""
+
     poll_interval_s: float = Field(
         default=2.0, gt=0, le=3600,
         validation_alias=AliasChoices("ARTIFACTD_POLL_INTERVAL_S", "poll_interval_s"),
@@ -125,10 +133,93 @@ class Settings(BaseSettings):
     )
     """Base URL for links in notifications."""
 
+    feishu_webhook_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ARTIFACTD_FEISHU_WEBHOOK_URL", "feishu_webhook_url"),
+    )
+    """Feishu/Lark custom bot webhook (any URL). The URL carries the bot token."""
+
+    feishu_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ARTIFACTD_FEISHU_SECRET", "feishu_secret"),
+    )
+    """Signing secret of the Feishu/Lark bot, when it has one. Default: unsigned."""
+
+    webhook_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ARTIFACTD_WEBHOOK_URL", "webhook_url")
+    )
+    """Generic JSON webhook that gets every final state. Default: off."""
+
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ARTIFACTD_WEBHOOK_SECRET", "webhook_secret"),
+    )
+    """HMAC-SHA256 key for the generic webhook's signature header. Default: unsigned."""
+
+    notify_rate_per_minute: int = Field(
+        default=20, ge=1, le=10_000,
+        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_RATE_PER_MINUTE", "notify_rate_per_minute"),
+    )
+    """Messages one chat robot gets in any 60 s, across every notifier. Default 20."""
+
+    notify_max_attempts: int = Field(
+        default=8, ge=1, le=100,
+        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_MAX_ATTEMPTS", "notify_max_attempts"),
+    )
+    """Deliveries tried per notification before it is marked dead. Default 8."""
+
+    notify_backoff_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_BACKOFF_S", "notify_backoff_s"),
+    )
+    """Seconds before the first delivery retry; doubles per attempt, to 10 min. Default 5."""
+
+    notify_timeout_s: float = Field(
+        default=10.0, gt=0, le=300,
+        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_TIMEOUT_S", "notify_timeout_s"),
+    )
+    """Seconds one delivery request may take. Default 10."""
+
+    notify_poll_interval_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_POLL_INTERVAL_S", "notify_poll_interval_s"),
+    )
+    """Seconds between outbox looks when no NOTIFY arrives. Default 5."""
+
+    worker_notifier: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("ARTIFACTD_WORKER_NOTIFIER", "worker_notifier"),
+    )
+    """Whether ``artifactd run`` delivers notifications too. Default true."""
+
+    timezone: str = Field(
+        default="UTC", validation_alias=AliasChoices("ARTIFACTD_TIMEZONE", "timezone")
+    )
+    """IANA zone for times shown in notifications, e.g. Asia/Shanghai. Default UTC."""
+
     api_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ARTIFACTD_API_TOKEN", "api_token")
     )
     """Bearer token the HTTP API requires on every route but /healthz."""
+
+    api_max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024,
+        validation_alias=AliasChoices("ARTIFACTD_API_MAX_BODY_BYTES", "api_max_body_bytes"),
+    )
+    """Largest request body the HTTP API reads, in bytes; larger is a 413.
+    Default 10485760 (10 MiB)."""
+
+    api_max_batch_items: int = Field(
+        default=100, ge=1, le=10_000,
+        validation_alias=AliasChoices("ARTIFACTD_API_MAX_BATCH_ITEMS", "api_max_batch_items"),
+    )
+    """Most items one POST /api/v1/batches may carry. Default 100."""
+
+    api_keepalive_s: float = Field(
+        default=15.0, gt=0, le=300,
+        validation_alias=AliasChoices("ARTIFACTD_API_KEEPALIVE_S", "api_keepalive_s"),
+    )
+    """Seconds between keep-alive comments on an idle event stream. Default 15."""
 
     locale: Locale = Field(
         default="zh-CN", validation_alias=AliasChoices("ARTIFACTD_LOCALE", "locale")
@@ -160,17 +251,52 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return value
 
-    @field_validator("anthropic_api_key", "wecom_webhook_url", "api_token")
+    @field_validator(
+        "anthropic_api_key", "wecom_webhook_url", "api_token", "feishu_webhook_url",
+        "feishu_secret", "webhook_url", "webhook_secret",
+    )
     @classmethod
     def _empty_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
         return value
 
+    @field_validator("wecom_webhook_url", "feishu_webhook_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name") from None
+        return value
+
     @field_validator("anthropic_base_url", "frontend_url", "model")
     @classmethod
     def _empty_str_is_unset(cls, value: str | None) -> str | None:
         return value or None
+
+    @property
+    def notification_channels(self) -> list[str]:
+        """Outbox channels for every final state: each one whose URL is set.
+
+        The one rule for workers, the API and the CLI alike, so a final state
+        gets the same notifications whoever writes it.
+        """
+        urls = {
+            "wecom": self.wecom_webhook_url,
+            "feishu": self.feishu_webhook_url,
+            "webhook": self.webhook_url,
+        }
+        return [name for name, url in urls.items() if url is not None]
 
     @property
     def resolved_generator(self) -> str:

@@ -22,7 +22,9 @@ from psycopg import sql
 
 from shared.schema import migrate
 
-TABLES = ("notifications", "generated_artifacts", "tasks", "queue_controls")
+TABLES = (
+    "notifications", "generated_artifacts", "tasks", "queue_controls", "notification_rate",
+)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,21 +46,44 @@ class Release:
 
 _STOP = object()
 
+# How long a stopping worker keeps retrying writes against an absent database.
+CLOSING_RETRY_S = 10.0
+
 
 class Completer:
-    def __init__(self, pool: AsyncConnectionPool, *, channels: list[str]) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        channels: list[str],
+        on_batch: Callable[[], None] | None = None,
+    ) -> None:
         self._pool = pool
         self._channels = channels
         self._pending: asyncio.Queue[Any] = asyncio.Queue()
+        self._closing = False
+        self._on_batch = on_batch
+        # Outcomes handed over whose write has not settled yet. Their jobs are
+        # done with the model, so the claim loop may count their slots free
+        # and claim while the batch is written (``on_batch`` wakes it).
+        self.unwritten = 0
 
     async def finish(self, outcome: Finish) -> bool:
         """Queue a final state; True once committed, False if the lease was gone."""
-        self._pending.put_nowait(outcome)
+        self._hand_over(outcome)
         return await outcome.written
 
     async def release(self, outcome: Release) -> bool:
-        self._pending.put_nowait(outcome)
+        self._hand_over(outcome)
         return await outcome.written
+
+    def _hand_over(self, outcome: Finish | Release) -> None:
+        self.unwritten += 1
+        outcome.written.add_done_callback(self._settled)
+        self._pending.put_nowait(outcome)
+
+    def _settled(self, _: asyncio.Future[bool]) -> None:
+        self.unwritten -= 1
 
     async def run(self) -> None:
         """Write batches until ``close`` has been called and all is written."""
@@ -67,12 +92,20 @@ class Completer:
             batch = [first, *self._drain()]
             outcomes = [o for o in batch if o is not _STOP]
             if outcomes:
+                if self._on_batch is not None:
+                    self._on_batch()
                 await self._write(outcomes)
             if len(outcomes) != len(batch):
                 return
 
     async def close(self) -> None:
-        """Write everything queued so far, then stop ``run``."""
+        """Write everything queued so far, then stop ``run``.
+
+        While closing, a database that stays away for ``CLOSING_RETRY_S`` is
+        given up on: the process is stopping, and the rows' leases expire so
+        another worker redoes them.
+        """
+        self._closing = True
         self._pending.put_nowait(_STOP)
 
     def _drain(self) -> list[Any]:
@@ -87,17 +120,36 @@ class Completer:
         finishes = [o for o in batch if isinstance(o, Finish)]
         releases = [o for o in batch if isinstance(o, Release)]
         delay_s = 0.2
+        first_failure: float | None = None
         while True:
             try:
                 written = await self._execute(finishes, releases)
                 break
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if self._closing and now - first_failure > CLOSING_RETRY_S:
+                    log.error("completer.abandoned", batch=len(batch), action="leases will expire")
+                    written = set()
+                    break
                 # The database is away: keep the outcomes and try again. Writes
                 # are fenced by the lease token, so a retry after a commit whose
                 # answer was lost writes nothing the second time.
                 log.warning("completer.write_failed", error=str(exc).strip(), retry_in_s=delay_s, batch=len(batch))
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
+            except Exception as exc:
+                # One unstorable outcome must not sink the others (nor this
+                # loop, which every job waits on): split the batch and let the
+                # job that owns the bad one decide what to do with the error.
+                if len(batch) > 1:
+                    for outcome in batch:
+                        await self._write([outcome])
+                    return
+                log.error("completer.outcome_rejected", artifact_id=batch[0].artifact_id, error=repr(exc))
+                if not batch[0].written.done():
+                    batch[0].written.set_exception(exc)
+                return
         for outcome in batch:
             if not outcome.written.done():
                 outcome.written.set_result(outcome.artifact_id in written)
@@ -106,17 +158,21 @@ class Completer:
         written: set[str] = set()
         async with self._pool.connection() as conn:
             if finishes:
-                cur = await conn.execute(
-                    queue.FINISH_ARTIFACTS,
+                # One JSON document for the whole batch (see FINISH_ARTIFACTS_JSON).
+                batch = [
                     {
-                        "ids": [f.artifact_id for f in finishes],
-                        "tokens": [f.lease_token for f in finishes],
-                        "states": [f.state for f in finishes],
-                        "contents": [json.dumps(f.content) for f in finishes],
-                        "metadata": [json.dumps(f.metadata) for f in finishes],
-                        "errors": [json.dumps(f.error) if f.error else None for f in finishes],
-                        "channels": self._channels,
-                    },
+                        "id": f.artifact_id,
+                        "token": f.lease_token,
+                        "state": f.state,
+                        "content": f.content,
+                        "metadata": f.metadata,
+                        "error": f.error or None,
+                    }
+                    for f in finishes
+                ]
+                cur = await conn.execute(
+                    queue.FINISH_ARTIFACTS_JSON,
+                    {"batch": json.dumps(batch), "channels": self._channels},
                 )
                 written.update(row[0] for row in await cur.fetchall())
             if releases:

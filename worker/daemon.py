@@ -16,8 +16,12 @@ from psycopg_pool import AsyncConnectionPool
 from shared.artifact_types import load_artifact_types
 from shared.database import listen_url
 from shared.settings import Settings
+from worker import systemd
+from worker.channels import configured_channel_names
 from worker.gate import DatabaseGate
 from worker.generators.base import Generator, LLMGate
+from worker.metrics import QueueProbe, WorkerMetrics
+from worker.notifier import build_notifier
 from worker.runner import OutcomeHook, Worker, WorkerConfig, WorkerStats
 
 log = structlog.get_logger(__name__)
@@ -32,6 +36,21 @@ def build_generator(settings: Settings, name: str, gate: LLMGate) -> Generator:
             from shared.errors import ConfigurationError
 
             raise ConfigurationError("ANTHROPIC_API_KEY: required by the anthropic generator")
+        # Nested limits: a stall ends a request, a request ends inside an
+        # attempt. Out of order they still hold, but the outer one always
+        # fires first and the inner code is never seen.
+        if not (
+            settings.stall_timeout_s
+            < settings.request_timeout_s
+            <= settings.attempt_timeout_s
+        ):
+            log.warning(
+                "llm.timeouts_not_nested",
+                stall_timeout_s=settings.stall_timeout_s,
+                request_timeout_s=settings.request_timeout_s,
+                attempt_timeout_s=settings.attempt_timeout_s,
+                action="the outer limit wins",
+            )
         return AnthropicGenerator(
             api_key=settings.anthropic_api_key,
             base_url=settings.anthropic_base_url,
@@ -39,6 +58,7 @@ def build_generator(settings: Settings, name: str, gate: LLMGate) -> Generator:
             request_timeout_s=settings.request_timeout_s,
             stall_timeout_s=settings.stall_timeout_s,
             attempt_timeout_s=settings.attempt_timeout_s,
+            context_tokens=settings.context_tokens,
             gate=gate,
         )
     from worker.generators import get_generator
@@ -48,7 +68,7 @@ def build_generator(settings: Settings, name: str, gate: LLMGate) -> Generator:
 
 def notification_channels(settings: Settings) -> list[str]:
     """Channels that get an outbox row for every final state."""
-    return ["wecom"] if settings.wecom_webhook_url is not None else []
+    return configured_channel_names(settings)
 
 
 def pool_size(concurrency: int) -> int:
@@ -71,17 +91,44 @@ async def run_worker(
     name = generator_name or settings.resolved_generator
     types = load_artifact_types(settings.types_dir)
     size = pool_size(settings.concurrency)
+    connection_kwargs: dict[str, Any] = {"autocommit": True}
+    if settings.listen_url is not None:
+        # A separate LISTEN URL means the pool goes through PgBouncer in
+        # transaction mode (DESIGN.md, running at scale). There each statement
+        # may land on another server connection, so psycopg's automatic
+        # prepared statements fail ("prepared statement _pg3_1 already
+        # exists") and the error killed the claim loop: prepare nothing.
+        connection_kwargs["prepare_threshold"] = None
     async with AsyncConnectionPool(
         url,
         min_size=2,
         max_size=size,
-        kwargs={"autocommit": True},
+        kwargs=connection_kwargs,
         open=False,
         name="artifactd-worker",
     ) as pool:
         await pool.wait(timeout=30)
-        gate = DatabaseGate(pool)
+        # systemd readiness and watchdog, and the Prometheus endpoint: each
+        # only when asked for (NOTIFY_SOCKET, ARTIFACTD_METRICS_PORT).
+        sd = systemd.notifier()
+        meter = None
+        if settings.metrics_port is not None:
+            meter = WorkerMetrics.serve(settings.metrics_port, set(types))
+        gate: LLMGate = DatabaseGate(pool)
+        if meter is not None:
+            gate = meter.watch_gate(gate)
         generator = build_generator(settings, name, gate)
+        if meter is not None:
+            generator = meter.watch_generator(generator)
+        probe = QueueProbe(pool)
+        loop_factories = list(extra_loops or [])
+        hooks = list(on_outcome or [])
+        if meter is not None or sd.enabled:
+            loop_factories.append(lambda _: probe.run())
+        if meter is not None:
+            hooks.append(meter.record_outcome)
+        if sd.enabled:
+            loop_factories.append(lambda w: sd.run(w, probe))
         config = WorkerConfig(
             database_url=url,
             listen_url=listen_url(settings, url),
@@ -95,18 +142,32 @@ async def run_worker(
             drain=drain,
             channels=notification_channels(settings),
         )
+        # The worker delivers notifications too, unless told not to. Its
+        # notifier holds no LISTEN connection of its own (one per process):
+        # final states written here wake it, polling covers the rest.
+        if settings.worker_notifier:
+            notifier = build_notifier(
+                settings, pool, notifier_id=config.worker_id, artifact_types=types
+            )
+            if notifier is not None:
+                loop_factories.append(lambda _, n=notifier: n.run())
+                hooks.append(notifier.on_outcome)
         holder: list[Worker] = []
-        loops = [(lambda f=f: f(holder[0])) for f in (extra_loops or [])]
+        loops = [(lambda f=f: f(holder[0])) for f in loop_factories]
         worker = Worker(
             config,
             generator=generator,
             artifact_types=types,
             pool=pool,
             extra_loops=loops,
-            on_outcome=on_outcome,
+            on_outcome=hooks,
         )
         holder.append(worker)
         worker.install_signal_handlers()
+        if sd.enabled:
+            sd.install_signal_handlers(worker)
+        if meter is not None:
+            meter.attach(worker, probe)
         log.info(
             "worker.started",
             worker_id=worker.id,
@@ -121,7 +182,12 @@ async def run_worker(
         )
         if on_started is not None:
             on_started(worker)
-        return await worker.run()
+        try:
+            return await worker.run()
+        finally:
+            sd.stopping()
+            if meter is not None:
+                meter.close()
 
 
 def run_worker_sync(settings: Settings, url: str, **kwargs: Any) -> WorkerStats:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+import psycopg
 import structlog
 
 from shared.artifact_types import ArtifactType
@@ -106,7 +107,13 @@ class Executor:
         except Exception as exc:  # anything unexpected: retry, traceback to the log only
             log.error("artifact.internal_error", error=repr(exc), traceback=traceback.format_exc())
             return await self._persist_failure(job, job_error(ErrorCode.INTERNAL_ERROR, type(exc).__name__))
-        return await self._persist_success(job, result)
+        try:
+            return await self._persist_success(job, result)
+        except Exception as exc:  # the database refused the document itself
+            log.error("artifact.result_unstorable", error=repr(exc))
+            return await self._persist_failure(
+                job, job_error(ErrorCode.INTERNAL_ERROR, "the result could not be stored")
+            )
 
     def _load_input(self, row: ClaimedRow) -> GenerationRequest:
         if not row.task_exists:
@@ -131,7 +138,18 @@ class Executor:
 
     async def _generate(self, request: GenerationRequest, job: Job) -> GenerationResult:
         async def report(progress: dict[str, Any]) -> None:
-            await self._progress.report(job.id, job.token, progress)
+            try:
+                await self._progress.report(job.id, job.token, progress)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # Progress is a courtesy. A database restart used to surface
+                # here mid-stream and end the attempt as INTERNAL_ERROR,
+                # throwing the model's answer away; the final write is
+                # fenced by the lease token and retried, so going on is safe.
+                log.warning(
+                    "artifact.progress_failed",
+                    error=" ".join(str(exc).split()),
+                    action="job goes on",
+                )
 
         try:
             async with asyncio.timeout(self._attempt_timeout_s):

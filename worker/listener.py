@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import psycopg
 import structlog
+from psycopg import sql
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,10 @@ class Listener:
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
+                if was_connected:
+                    # A connection that worked starts the backoff over; else a
+                    # drop after a long outage would wait the longest delay.
+                    delay_s = 0.1
                 log.warning(
                     "listener.disconnected" if was_connected else "listener.connect_failed",
                     error=" ".join(str(exc).split()),
@@ -54,9 +59,12 @@ class Listener:
         )
         async with conn:
             for channel in self._channels:
-                await conn.execute(f'LISTEN "{channel}"')
+                # Quoted by psycopg, not by an f-string: no SQL built from text.
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             self.connected.set()
-            log.debug("listener.connected", channels=self._channels)
+            # INFO: a reconnect after ``listener.disconnected`` must be visible,
+            # or an operator cannot tell NOTIFY wake-ups from slow polling.
+            log.info("listener.connected", channels=self._channels)
             # Anything sent while we were away is lost: look once now.
             self._on_notify("", "")
             while True:

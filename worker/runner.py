@@ -97,7 +97,7 @@ class Worker:
         self._claimer = Claimer(
             pool, worker_id=self.id, lease_s=config.lease_s, fleet_cap=config.fleet_concurrency
         )
-        self._completer = Completer(pool, channels=config.channels)
+        self._completer = Completer(pool, channels=config.channels, on_batch=self._wake.set)
         self._progress = ProgressWriter(pool)
         self._executor = Executor(
             generator=generator,
@@ -172,6 +172,13 @@ class Worker:
             # that lands during the claim below makes the next sleep return.
             self._wake.clear()
             free = self.config.concurrency - len(self._jobs)
+            if self.config.fleet_concurrency is None:
+                # A job whose outcome is with the completer is done with the
+                # model, so its slot is free: the next claim goes out while
+                # that final write is in flight, not after it. Under a fleet
+                # cap the row counts until the write commits, so a claim sent
+                # earlier would find the cap full.
+                free += self._completer.unwritten
             if free <= 0:
                 await self._sleep(None)
                 continue
@@ -209,8 +216,14 @@ class Worker:
                 row = await cur.fetchone()
         except DB_ERRORS:
             return wait_s
-        if row and row[0] is not None:
+        if row and row[0] is not None and row[0] > 0:
             wait_s = min(wait_s, max(float(row[0]), 0.01))
+        # Rows claimable now that the claim just made did not get are held by
+        # the fleet cap or by another worker's claim. Whoever holds the cap's
+        # capacity claims again as its own jobs finish, so waiting here for a
+        # wake-up (NOTIFY, one of our jobs finishing) or the poll interval
+        # loses no throughput, where polling every few ms would load the
+        # database with claims that cannot succeed.
         return wait_s
 
     async def _nothing_left(self) -> bool:
@@ -231,6 +244,11 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         try:
             outcome = await self._executor.execute(job)
+        except Exception as exc:
+            # Not even a failure could be written. The lease expires and the
+            # row is tried again (or ends WORKER_LOST), so nothing is lost.
+            log.error("artifact.persist_failed", artifact_id=job.id, error=repr(exc), action="lease will expire")
+            return
         except asyncio.CancelledError:
             # Cancelled by the heartbeat (lease lost) or by shutdown; the
             # shutdown path releases what it cancelled.

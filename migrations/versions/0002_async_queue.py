@@ -36,6 +36,11 @@ def upgrade() -> None:
     add("batch_id", pg.UUID)
     add("started_at", TS)
     add("finished_at", TS)
+    # Rows written synchronously were finished when written: give them the
+    # times a finished row has, so stats and prune treat them like any other.
+    op.execute(
+        "UPDATE generated_artifacts SET started_at = created_at, finished_at = updated_at"
+    )
     op.create_check_constraint(
         "ck_generated_artifacts_state",
         "generated_artifacts",

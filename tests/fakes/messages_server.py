@@ -202,6 +202,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float  # time.monotonic() of this process
+    # When the server stopped counting it in flight: just before the bytes
+    # that let the client finish (see ``_settle``).
     finished_at: float | None = None
     status: int | None = None
     request_id: str = ""
@@ -406,9 +408,21 @@ class FakeMessagesServer:
         except (_ClientGone, BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
         finally:
+            self._settle(record)
+
+    def _settle(self, record: RecordedRequest) -> None:
+        """Count ``record`` out of flight, once.
+
+        Called before the last bytes of an answer go out: a client that has
+        them may at once send its next request, and counting the old one
+        until this thread got round to it would show two requests where the
+        client never had more than one.
+        """
+        with self._lock:
+            if record.finished_at is not None:
+                return
             record.finished_at = time.monotonic()
-            with self._lock:
-                self._in_flight -= 1
+            self._in_flight -= 1
 
     def _record(self, handler: _Handler) -> RecordedRequest:
         length = int(handler.headers.get("content-length") or 0)
@@ -493,6 +507,7 @@ class FakeMessagesServer:
     ) -> None:
         data = json.dumps(payload).encode()
         record.status = status
+        self._settle(record)
         handler.send_response(status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(data)))
@@ -541,11 +556,13 @@ class FakeMessagesServer:
         self._event(handler, "ping", {"type": "ping"})
         for index in range(len(chunks) + 1):
             if reply.drop_after_chunks == index:
+                self._settle(record)
                 with suppress(OSError):
                     handler.connection.shutdown(socket.SHUT_RDWR)
                 raise _ClientGone
             if reply.error_event_after_chunks == index:
                 error = {"type": reply.error_type, "message": reply.error_message}
+                self._settle(record)
                 self._event(handler, "error", {"type": "error", "error": error})
                 self._end_body(handler)
                 return
@@ -572,6 +589,7 @@ class FakeMessagesServer:
                 "usage": {"output_tokens": output_tokens},
             },
         )
+        self._settle(record)
         self._event(handler, "message_stop", {"type": "message_stop"})
         self._end_body(handler)
 

@@ -24,13 +24,13 @@ def test_upgrade_from_pre_async__existing_rows_read_as_success(empty_db: str) ->
     assert (before, after) == ("0001_pre_async", head_revision())
     rows = query(
         empty_db,
-        "SELECT version, state, content->>'text', attempts, lease_token "
-        "FROM generated_artifacts ORDER BY version",
+        "SELECT version, state, content->>'text', attempts, lease_token, "
+        "finished_at = updated_at FROM generated_artifacts ORDER BY version",
     )
     assert rows == [
-        (1, "success", "minutes v1", 0, None),
-        (2, "success", "minutes v2", 0, None),
-        (3, "success", "minutes v3", 0, None),
+        (1, "success", "minutes v1", 0, None, True),
+        (2, "success", "minutes v2", 0, None, True),
+        (3, "success", "minutes v3", 0, None, True),
     ]
     # Upgraded rows are finished, so no worker claims them.
     claimable = scalar(empty_db, "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'")

@@ -16,6 +16,10 @@ _COMMAND_MODULES = (
     "run",
     "enqueue",
     "inspect",
+    "operate",
+    "doctor",
+    "notify",
+    "api",
     "demo",
 )
 

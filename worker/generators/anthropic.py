@@ -98,6 +98,9 @@ from worker.generators.base import (
 log = structlog.get_logger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
+# Requests per step (the whole transcript, a part, or the combine) in one
+# attempt: the first try and two retries.
+MAX_TRIES = 3
 # Characters per token for text that is not CJK. English averages about four;
 # a little less keeps the estimate on the high side for names and numbers.
 CHARS_PER_TOKEN = 3.5
@@ -373,7 +376,7 @@ class AnthropicGenerator:
         request_timeout_s: float,
         stall_timeout_s: float,
         attempt_timeout_s: float,
-        max_tries: int = 3,
+        max_tries: int = MAX_TRIES,
         gate: LLMGate,
         context_tokens: int = 200_000,
         margin_tokens: int | None = None,
