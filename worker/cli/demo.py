@@ -74,11 +74,15 @@ def demo_command(artifact_type: str, **kwargs: Any) -> None:
     rows = asyncio.run(_run_until_done(rt.settings, rt.url, batch_id, len(enqueued), console))
 
     table = Table(title="artifactd demo: results")
-    for column in ("artifact id", "meeting", "lang", "state", "ms", "first key point"):
-        table.add_column(column, overflow="fold")
+    table.add_column("artifact", no_wrap=True, min_width=8)
+    table.add_column("meeting", no_wrap=True, min_width=16)
+    table.add_column("lang", no_wrap=True, min_width=4)
+    table.add_column("state", no_wrap=True, min_width=7)
+    table.add_column("ms", no_wrap=True, justify="right", min_width=4)
+    table.add_column("first key point", overflow="ellipsis", no_wrap=True, max_width=22)
     for row in rows:
         table.add_row(
-            row["id"], row["name"][:32], row["language"] or "", _state(row["state"]),
+            row["id"][:8], row["name"][:24], row["language"] or "", _state(row["state"]),
             f"{row['duration_ms']:.0f}" if row["duration_ms"] is not None else "",
             _preview(row["content"] or {}),
         )
