@@ -36,7 +36,8 @@ def run_migrations_online() -> None:
 
 if context.is_offline_mode():
     context.configure(
-        url=_url().replace("postgresql://", "postgresql+psycopg://", 1), literal_binds=True
+        url=_url().replace("postgresql://", "postgresql+psycopg://", 1),
+        literal_binds=True,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -77,7 +77,9 @@ def _parse_type(name: str, text: str, source: str) -> ArtifactType:
         if key not in raw:
             raise bad(f"missing field {key!r}")
     title = raw["title"]
-    if not isinstance(title, dict) or not all(isinstance(v, str) for v in title.values()):
+    if not isinstance(title, dict) or not all(
+        isinstance(v, str) for v in title.values()
+    ):
         raise bad("'title' must be a table of locale = text")
     if not isinstance(raw["max_tokens"], int) or raw["max_tokens"] <= 0:
         raise bad("'max_tokens' must be a positive integer")
@@ -94,7 +96,9 @@ def _parse_type(name: str, text: str, source: str) -> ArtifactType:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:
             raise bad(f"invalid json_schema: {exc.message}") from exc
-    offline_kind = raw.get("offline_kind", "action_items" if fmt == "json" else "minutes")
+    offline_kind = raw.get(
+        "offline_kind", "action_items" if fmt == "json" else "minutes"
+    )
     if offline_kind not in ("minutes", "summary", "action_items"):
         raise bad("'offline_kind' must be minutes, summary or action_items")
     return ArtifactType(
@@ -118,10 +122,16 @@ def load_artifact_types(types_dir: Path | None = None) -> dict[str, ArtifactType
     for entry in sorted(builtin.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
             name = entry.name.removesuffix(".toml")
-            types[name] = _parse_type(name, entry.read_text("utf-8"), f"built-in {entry.name}")
+            types[name] = _parse_type(
+                name, entry.read_text("utf-8"), f"built-in {entry.name}"
+            )
     if types_dir is not None:
         if not types_dir.is_dir():
-            raise ConfigurationError(f"ARTIFACTD_TYPES_DIR: {types_dir} is not a directory")
+            raise ConfigurationError(
+                f"ARTIFACTD_TYPES_DIR: {types_dir} is not a directory"
+            )
         for path in sorted(types_dir.glob("*.toml")):
-            types[path.stem] = _parse_type(path.stem, path.read_text("utf-8"), str(path))
+            types[path.stem] = _parse_type(
+                path.stem, path.read_text("utf-8"), str(path)
+            )
     return types

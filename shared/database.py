@@ -8,7 +8,6 @@ Unreachable servers become ``DatabaseError`` here, so callers see one type.
 from __future__ import annotations
 
 from functools import lru_cache
-
 from typing import TYPE_CHECKING
 
 import psycopg

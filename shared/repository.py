@@ -26,6 +26,9 @@ _ARTIFACT_COLUMNS = """
     created_at, updated_at, started_at, finished_at
 """
 
+# A constant column list, no input.
+_SELECT_ARTIFACTS = f"SELECT {_ARTIFACT_COLUMNS} FROM generated_artifacts"  # noqa: S608
+
 
 @dataclass(frozen=True)
 class NewTask:
@@ -113,7 +116,9 @@ def _insert(conn: psycopg.Connection, **values: Any) -> dict[str, Any]:
     values.setdefault("max_attempts", 5)
     values.setdefault("idempotency_key", None)
     values.setdefault("batch_id", None)
-    values["content"] = Jsonb(values["content"]) if values["content"] is not None else None
+    values["content"] = (
+        Jsonb(values["content"]) if values["content"] is not None else None
+    )
     values["metadata"] = Jsonb(values["metadata"])
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -127,7 +132,6 @@ def _insert(conn: psycopg.Connection, **values: Any) -> dict[str, Any]:
                     CASE WHEN %(state)s = 'processing' THEN NULL ELSE now() END)
             RETURNING {_ARTIFACT_COLUMNS}
             """,  # noqa: S608 - a constant column list, no input
-
             values,
         )
         row = cur.fetchone()
@@ -180,7 +184,8 @@ def update_content_and_state(
 def get_artifact(conn: psycopg.Connection, artifact_id: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM generated_artifacts WHERE id = %s::uuid",  # noqa: S608 - constant columns
+            # A constant column list, no input.
+            _SELECT_ARTIFACTS + " WHERE id = %s::uuid",
             (artifact_id,),
         )
         return cur.fetchone()
@@ -202,7 +207,8 @@ def get_status(conn: psycopg.Connection, artifact_id: str) -> dict[str, Any] | N
     }
     if row["state"] == "failed" and row["content"]:
         status["error"] = {
-            key: row["content"].get(key) for key in ("error_code", "error_message", "hint")
+            key: row["content"].get(key)
+            for key in ("error_code", "error_message", "hint")
         }
     return status
 
@@ -210,7 +216,6 @@ def get_status(conn: psycopg.Connection, artifact_id: str) -> dict[str, Any] | N
 # What the HTTP API adds: lookups for idempotency and de-duplication, lists,
 # batches and cancel. Like the rest, each leaves the transaction to the caller.
 
-_SELECT_ARTIFACTS = f"SELECT {_ARTIFACT_COLUMNS} FROM generated_artifacts"  # noqa: S608 - constant columns
 
 
 def get_task(conn: psycopg.Connection, task_id: str) -> dict[str, Any] | None:
@@ -313,7 +318,9 @@ def list_task_artifacts(
         return cur.fetchall()
 
 
-def list_batch_artifacts(conn: psycopg.Connection, batch_id: str) -> list[dict[str, Any]]:
+def list_batch_artifacts(
+    conn: psycopg.Connection, batch_id: str
+) -> list[dict[str, Any]]:
     """A batch's artifacts in the order they were given (``metadata.batch_index``)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(

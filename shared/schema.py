@@ -53,7 +53,9 @@ def head_revision() -> str:
             revisions[assigned["revision"]] = assigned.get("down_revision")
     heads = set(revisions) - set(revisions.values())
     if len(heads) != 1:
-        raise SchemaOutOfDateError(f"the schema history has {len(heads)} heads: {sorted(heads)}")
+        raise SchemaOutOfDateError(
+            f"the schema history has {len(heads)} heads: {sorted(heads)}"
+        )
     return heads.pop()
 
 
@@ -61,12 +63,16 @@ def current_revision(url: str) -> str | None:
     """The database's revision, or None when it has no schema yet."""
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
-            exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+            exists = conn.execute(
+                "SELECT to_regclass('alembic_version') IS NOT NULL"
+            ).fetchone()
             if not exists or not exists[0]:
                 return None
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot reach PostgreSQL: {' '.join(str(exc).split())}") from exc
+        raise DatabaseError(
+            f"cannot reach PostgreSQL: {' '.join(str(exc).split())}"
+        ) from exc
     return row[0] if row else None
 
 
@@ -80,14 +86,18 @@ def migrate(url: str, revision: str = "head") -> tuple[str | None, str]:
 
     try:
         with engine(url).begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK}
+            )
             before = MigrationContext.configure(conn).get_current_revision()
             config = alembic_config()
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
             after = MigrationContext.configure(conn).get_current_revision()
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot reach PostgreSQL: {' '.join(str(exc.orig).split())}") from exc
+        raise DatabaseError(
+            f"cannot reach PostgreSQL: {' '.join(str(exc.orig).split())}"
+        ) from exc
     return before, after or ""
 
 

@@ -25,16 +25,20 @@ GeneratorName = Literal["auto", "anthropic", "offline", "echo"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True
+    )
 
     database_url: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ARTIFACTD_DATABASE_URL", "database_url")
+        default=None,
+        validation_alias=AliasChoices("ARTIFACTD_DATABASE_URL", "database_url"),
     )
     """PostgreSQL URL. Unset: an embedded server under ``data_dir``, shared by
     every artifactd process on the machine."""
 
     listen_url: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ARTIFACTD_LISTEN_URL", "listen_url")
+        default=None,
+        validation_alias=AliasChoices("ARTIFACTD_LISTEN_URL", "listen_url"),
     )
     """URL for the LISTEN connection when ``database_url`` goes through PgBouncer
     in transaction mode. Default: ``database_url``."""
@@ -46,15 +50,18 @@ class Settings(BaseSettings):
     """Where the embedded PostgreSQL keeps its data. Default: the user data dir."""
 
     generator: GeneratorName = Field(
-        default="auto", validation_alias=AliasChoices("ARTIFACTD_GENERATOR", "generator")
+        default="auto",
+        validation_alias=AliasChoices("ARTIFACTD_GENERATOR", "generator"),
     )
     """``auto`` picks ``anthropic`` when ANTHROPIC_API_KEY is set, else ``offline``."""
 
     anthropic_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key")
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key"),
     )
     anthropic_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "anthropic_base_url")
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "anthropic_base_url"),
     )
     model: str | None = Field(
         default=None, validation_alias=AliasChoices("ARTIFACTD_MODEL", "model")
@@ -62,80 +69,105 @@ class Settings(BaseSettings):
     """Overrides every artifact type's model when set."""
 
     concurrency: int = Field(
-        default=8, ge=1, le=1024,
+        default=8,
+        ge=1,
+        le=1024,
         validation_alias=AliasChoices("ARTIFACTD_CONCURRENCY", "concurrency"),
     )
     """Jobs one worker process runs at once. Default 8."""
 
     fleet_concurrency: int | None = Field(
-        default=None, ge=1,
-        validation_alias=AliasChoices("ARTIFACTD_FLEET_CONCURRENCY", "fleet_concurrency"),
+        default=None,
+        ge=1,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_FLEET_CONCURRENCY", "fleet_concurrency"
+        ),
     )
     """Rows leased at once across every worker on every host. Default: no cap."""
 
     lease_s: float = Field(
-        default=60.0, ge=1.0, le=86_400.0,
+        default=60.0,
+        ge=1.0,
+        le=86_400.0,
         validation_alias=AliasChoices("ARTIFACTD_LEASE_S", "lease_s"),
     )
     """Seconds a claim holds a row without renewal. Renewed every third. Default 60."""
 
     max_attempts: int = Field(
-        default=5, ge=1, le=100,
+        default=5,
+        ge=1,
+        le=100,
         validation_alias=AliasChoices("ARTIFACTD_MAX_ATTEMPTS", "max_attempts"),
     )
     """Attempts per artifact for rows created by artifactd. Default 5."""
 
     request_timeout_s: float = Field(
-        default=300.0, gt=0,
-        validation_alias=AliasChoices("ARTIFACTD_REQUEST_TIMEOUT_S", "request_timeout_s"),
+        default=300.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_REQUEST_TIMEOUT_S", "request_timeout_s"
+        ),
     )
     """Seconds one LLM request may take. Default 300."""
 
     stall_timeout_s: float = Field(
-        default=60.0, gt=0,
+        default=60.0,
+        gt=0,
         validation_alias=AliasChoices("ARTIFACTD_STALL_TIMEOUT_S", "stall_timeout_s"),
     )
     """Seconds a streamed answer may go without an event. Default 60."""
 
     attempt_timeout_s: float = Field(
-        default=900.0, gt=0,
-        validation_alias=AliasChoices("ARTIFACTD_ATTEMPT_TIMEOUT_S", "attempt_timeout_s"),
+        default=900.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_ATTEMPT_TIMEOUT_S", "attempt_timeout_s"
+        ),
     )
     """Seconds one whole attempt (all parts and retries) may take. Default 900."""
 
     context_tokens: int = Field(
-        default=200_000, ge=1_024,
+        default=200_000,
+        ge=1_024,
         validation_alias=AliasChoices("ARTIFACTD_CONTEXT_TOKENS", "context_tokens"),
     )
     """Tokens the model reads and writes in one request; a longer transcript is
     generated in parts and combined. Default 200000."""
 
     poll_interval_s: float = Field(
-        default=2.0, gt=0, le=3600,
+        default=2.0,
+        gt=0,
+        le=3600,
         validation_alias=AliasChoices("ARTIFACTD_POLL_INTERVAL_S", "poll_interval_s"),
     )
     """Seconds between claims when no NOTIFY arrives. Default 2."""
 
     shutdown_grace_s: float = Field(
-        default=30.0, ge=0,
+        default=30.0,
+        ge=0,
         validation_alias=AliasChoices("ARTIFACTD_SHUTDOWN_GRACE_S", "shutdown_grace_s"),
     )
     """Seconds running jobs get to finish after SIGTERM before release. Default 30."""
 
     wecom_webhook_url: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("ARTIFACTD_WECOM_WEBHOOK_URL", "wecom_webhook_url"),
+        validation_alias=AliasChoices(
+            "ARTIFACTD_WECOM_WEBHOOK_URL", "wecom_webhook_url"
+        ),
     )
     """WeCom group robot webhook (any URL). The URL carries the robot key."""
 
     frontend_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("ARTIFACTD_FRONTEND_URL", "frontend_url")
+        default=None,
+        validation_alias=AliasChoices("ARTIFACTD_FRONTEND_URL", "frontend_url"),
     )
     """Base URL for links in notifications."""
 
     feishu_webhook_url: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("ARTIFACTD_FEISHU_WEBHOOK_URL", "feishu_webhook_url"),
+        validation_alias=AliasChoices(
+            "ARTIFACTD_FEISHU_WEBHOOK_URL", "feishu_webhook_url"
+        ),
     )
     """Feishu/Lark custom bot webhook (any URL). The URL carries the bot token."""
 
@@ -146,7 +178,8 @@ class Settings(BaseSettings):
     """Signing secret of the Feishu/Lark bot, when it has one. Default: unsigned."""
 
     webhook_url: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ARTIFACTD_WEBHOOK_URL", "webhook_url")
+        default=None,
+        validation_alias=AliasChoices("ARTIFACTD_WEBHOOK_URL", "webhook_url"),
     )
     """Generic JSON webhook that gets every final state. Default: off."""
 
@@ -157,32 +190,48 @@ class Settings(BaseSettings):
     """HMAC-SHA256 key for the generic webhook's signature header. Default: unsigned."""
 
     notify_rate_per_minute: int = Field(
-        default=20, ge=1, le=10_000,
-        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_RATE_PER_MINUTE", "notify_rate_per_minute"),
+        default=20,
+        ge=1,
+        le=10_000,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_NOTIFY_RATE_PER_MINUTE", "notify_rate_per_minute"
+        ),
     )
     """Messages one chat robot gets in any 60 s, across every notifier. Default 20."""
 
     notify_max_attempts: int = Field(
-        default=8, ge=1, le=100,
-        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_MAX_ATTEMPTS", "notify_max_attempts"),
+        default=8,
+        ge=1,
+        le=100,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_NOTIFY_MAX_ATTEMPTS", "notify_max_attempts"
+        ),
     )
     """Deliveries tried per notification before it is marked dead. Default 8."""
 
     notify_backoff_s: float = Field(
-        default=5.0, gt=0, le=3600,
+        default=5.0,
+        gt=0,
+        le=3600,
         validation_alias=AliasChoices("ARTIFACTD_NOTIFY_BACKOFF_S", "notify_backoff_s"),
     )
     """Seconds before the first delivery retry; doubles per attempt, to 10 min. Default 5."""
 
     notify_timeout_s: float = Field(
-        default=10.0, gt=0, le=300,
+        default=10.0,
+        gt=0,
+        le=300,
         validation_alias=AliasChoices("ARTIFACTD_NOTIFY_TIMEOUT_S", "notify_timeout_s"),
     )
     """Seconds one delivery request may take. Default 10."""
 
     notify_poll_interval_s: float = Field(
-        default=5.0, gt=0, le=3600,
-        validation_alias=AliasChoices("ARTIFACTD_NOTIFY_POLL_INTERVAL_S", "notify_poll_interval_s"),
+        default=5.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_NOTIFY_POLL_INTERVAL_S", "notify_poll_interval_s"
+        ),
     )
     """Seconds between outbox looks when no NOTIFY arrives. Default 5."""
 
@@ -203,20 +252,29 @@ class Settings(BaseSettings):
     """Bearer token the HTTP API requires on every route but /healthz."""
 
     api_max_body_bytes: int = Field(
-        default=10 * 1024 * 1024, ge=1024,
-        validation_alias=AliasChoices("ARTIFACTD_API_MAX_BODY_BYTES", "api_max_body_bytes"),
+        default=10 * 1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_API_MAX_BODY_BYTES", "api_max_body_bytes"
+        ),
     )
     """Largest request body the HTTP API reads, in bytes; larger is a 413.
     Default 10485760 (10 MiB)."""
 
     api_max_batch_items: int = Field(
-        default=100, ge=1, le=10_000,
-        validation_alias=AliasChoices("ARTIFACTD_API_MAX_BATCH_ITEMS", "api_max_batch_items"),
+        default=100,
+        ge=1,
+        le=10_000,
+        validation_alias=AliasChoices(
+            "ARTIFACTD_API_MAX_BATCH_ITEMS", "api_max_batch_items"
+        ),
     )
     """Most items one POST /api/v1/batches may carry. Default 100."""
 
     api_keepalive_s: float = Field(
-        default=15.0, gt=0, le=300,
+        default=15.0,
+        gt=0,
+        le=300,
         validation_alias=AliasChoices("ARTIFACTD_API_KEEPALIVE_S", "api_keepalive_s"),
     )
     """Seconds between keep-alive comments on an idle event stream. Default 15."""
@@ -228,15 +286,19 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("ARTIFACTD_TYPES_DIR", "types_dir")
     )
     log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", validation_alias=AliasChoices("ARTIFACTD_LOG_FORMAT", "log_format")
+        default="auto",
+        validation_alias=AliasChoices("ARTIFACTD_LOG_FORMAT", "log_format"),
     )
     """``auto``: coloured console on a terminal, JSON otherwise."""
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", validation_alias=AliasChoices("ARTIFACTD_LOG_LEVEL", "log_level")
+        default="info",
+        validation_alias=AliasChoices("ARTIFACTD_LOG_LEVEL", "log_level"),
     )
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535,
+        default=None,
+        ge=0,
+        le=65535,
         validation_alias=AliasChoices("ARTIFACTD_METRICS_PORT", "metrics_port"),
     )
     """Port for the worker's Prometheus endpoint. Default: off."""
@@ -247,13 +309,20 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value():
             return None
         raw = value.get_secret_value()
-        if not raw.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        if not raw.startswith(
+            ("postgresql://", "postgres://", "postgresql+psycopg://")
+        ):
             raise ValueError("must be a postgresql:// URL")
         return value
 
     @field_validator(
-        "anthropic_api_key", "wecom_webhook_url", "api_token", "feishu_webhook_url",
-        "feishu_secret", "webhook_url", "webhook_secret",
+        "anthropic_api_key",
+        "wecom_webhook_url",
+        "api_token",
+        "feishu_webhook_url",
+        "feishu_secret",
+        "webhook_url",
+        "webhook_secret",
     )
     @classmethod
     def _empty_is_unset(cls, value: SecretStr | None) -> SecretStr | None:

@@ -23,7 +23,11 @@ from psycopg import sql
 from shared.schema import migrate
 
 TABLES = (
-    "notifications", "generated_artifacts", "tasks", "queue_controls", "notification_rate",
+    "notifications",
+    "generated_artifacts",
+    "tasks",
+    "queue_controls",
+    "notification_rate",
 )
 
 

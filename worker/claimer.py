@@ -52,7 +52,11 @@ class Claimer:
         """Lease up to ``limit`` claimable rows (fewer under the fleet cap)."""
         if limit <= 0:
             return []
-        params = {"limit": limit, "worker_id": self._worker_id, "lease_s": self._lease_s}
+        params = {
+            "limit": limit,
+            "worker_id": self._worker_id,
+            "lease_s": self._lease_s,
+        }
         async with self._pool.connection() as conn:
             if self._fleet_cap is None:
                 rows = await _fetch(conn, queue.CLAIM_BATCH, params)

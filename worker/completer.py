@@ -32,7 +32,9 @@ class Finish:
     content: dict[str, Any]
     metadata: dict[str, Any]
     error: dict[str, Any] | None
-    written: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    written: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass
@@ -41,7 +43,9 @@ class Release:
     lease_token: str
     delay_s: float
     error: dict[str, Any]
-    written: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    written: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 _STOP = object()
@@ -129,13 +133,22 @@ class Completer:
                 now = time.monotonic()
                 first_failure = first_failure or now
                 if self._closing and now - first_failure > CLOSING_RETRY_S:
-                    log.error("completer.abandoned", batch=len(batch), action="leases will expire")
+                    log.error(
+                        "completer.abandoned",
+                        batch=len(batch),
+                        action="leases will expire",
+                    )
                     written = set()
                     break
                 # The database is away: keep the outcomes and try again. Writes
                 # are fenced by the lease token, so a retry after a commit whose
                 # answer was lost writes nothing the second time.
-                log.warning("completer.write_failed", error=str(exc).strip(), retry_in_s=delay_s, batch=len(batch))
+                log.warning(
+                    "completer.write_failed",
+                    error=str(exc).strip(),
+                    retry_in_s=delay_s,
+                    batch=len(batch),
+                )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
             except Exception as exc:
@@ -146,7 +159,11 @@ class Completer:
                     for outcome in batch:
                         await self._write([outcome])
                     return
-                log.error("completer.outcome_rejected", artifact_id=batch[0].artifact_id, error=repr(exc))
+                log.error(
+                    "completer.outcome_rejected",
+                    artifact_id=batch[0].artifact_id,
+                    error=repr(exc),
+                )
                 if not batch[0].written.done():
                     batch[0].written.set_exception(exc)
                 return
@@ -154,7 +171,9 @@ class Completer:
             if not outcome.written.done():
                 outcome.written.set_result(outcome.artifact_id in written)
 
-    async def _execute(self, finishes: list[Finish], releases: list[Release]) -> set[str]:
+    async def _execute(
+        self, finishes: list[Finish], releases: list[Release]
+    ) -> set[str]:
         written: set[str] = set()
         async with self._pool.connection() as conn:
             if finishes:

@@ -35,7 +35,9 @@ def build_generator(settings: Settings, name: str, gate: LLMGate) -> Generator:
         if settings.anthropic_api_key is None:
             from shared.errors import ConfigurationError
 
-            raise ConfigurationError("ANTHROPIC_API_KEY: required by the anthropic generator")
+            raise ConfigurationError(
+                "ANTHROPIC_API_KEY: required by the anthropic generator"
+            )
         # Nested limits: a stall ends a request, a request ends inside an
         # attempt. Out of order they still hold, but the outer one always
         # fires first and the inner code is never seen.

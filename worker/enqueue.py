@@ -66,7 +66,13 @@ def enqueue_transcripts(
                     batch_id=batch_id,
                 )
                 done.append(
-                    Enqueued(task_id, row["id"], transcript.name, transcript.source, transcript.language)
+                    Enqueued(
+                        task_id,
+                        row["id"],
+                        transcript.name,
+                        transcript.source,
+                        transcript.language,
+                    )
                 )
     return done
 
@@ -75,7 +81,10 @@ def enqueue_files(
     conn: psycopg.Connection,
     paths: list[Path],
     artifact_type: str,
-    **kwargs: object,
+    *,
+    repeat: int = 1,
+    priority: int = 0,
+    max_attempts: int = 5,
 ) -> tuple[list[Enqueued], list[FileError]]:
     """Enqueue each readable file; report the others with their reason."""
     enqueued: list[Enqueued] = []
@@ -86,5 +95,14 @@ def enqueue_files(
         except TranscriptError as exc:
             errors.append(FileError(path, exc.reason))
             continue
-        enqueued.extend(enqueue_transcripts(conn, transcripts, artifact_type, **kwargs))  # type: ignore[arg-type]
+        enqueued.extend(
+            enqueue_transcripts(
+                conn,
+                transcripts,
+                artifact_type,
+                repeat=repeat,
+                priority=priority,
+                max_attempts=max_attempts,
+            )
+        )
     return enqueued, errors

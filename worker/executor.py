@@ -104,15 +104,24 @@ class Executor:
             return Outcome("lost", written=False)
         except JobError as exc:
             return await self._persist_failure(job, exc)
-        except Exception as exc:  # anything unexpected: retry, traceback to the log only
-            log.error("artifact.internal_error", error=repr(exc), traceback=traceback.format_exc())
-            return await self._persist_failure(job, job_error(ErrorCode.INTERNAL_ERROR, type(exc).__name__))
+        except (
+            Exception
+        ) as exc:  # anything unexpected: retry, traceback to the log only
+            log.error(
+                "artifact.internal_error",
+                error=repr(exc),
+                traceback=traceback.format_exc(),
+            )
+            return await self._persist_failure(
+                job, job_error(ErrorCode.INTERNAL_ERROR, type(exc).__name__)
+            )
         try:
             return await self._persist_success(job, result)
         except Exception as exc:  # the database refused the document itself
             log.error("artifact.result_unstorable", error=repr(exc))
             return await self._persist_failure(
-                job, job_error(ErrorCode.INTERNAL_ERROR, "the result could not be stored")
+                job,
+                job_error(ErrorCode.INTERNAL_ERROR, "the result could not be stored"),
             )
 
     def _load_input(self, row: ClaimedRow) -> GenerationRequest:
@@ -120,7 +129,9 @@ class Executor:
             raise PermanentJobError(ErrorCode.INPUT_NOT_FOUND, f"task {row.task_id!r}")
         artifact_type = self._types.get(row.artifact_type)
         if artifact_type is None:
-            raise PermanentJobError(ErrorCode.UNKNOWN_ARTIFACT_TYPE, f"{row.artifact_type!r}")
+            raise PermanentJobError(
+                ErrorCode.UNKNOWN_ARTIFACT_TYPE, f"{row.artifact_type!r}"
+            )
         transcript = storable_text(row.transcript or "")
         if not transcript.strip():
             raise PermanentJobError(ErrorCode.INPUT_EMPTY)
@@ -155,24 +166,40 @@ class Executor:
             async with asyncio.timeout(self._attempt_timeout_s):
                 return await self._generator.generate(request, report)
         except TimeoutError:
-            raise job_error(ErrorCode.LLM_TIMEOUT, f"attempt exceeded {self._attempt_timeout_s:g}s") from None
+            raise job_error(
+                ErrorCode.LLM_TIMEOUT, f"attempt exceeded {self._attempt_timeout_s:g}s"
+            ) from None
 
-    def _check_output(self, artifact_type: ArtifactType, result: GenerationResult) -> None:
+    def _check_output(
+        self, artifact_type: ArtifactType, result: GenerationResult
+    ) -> None:
         if artifact_type.format != "json" or artifact_type.json_schema is None:
             return
         try:
             jsonschema.validate(result.data, artifact_type.json_schema)
         except jsonschema.ValidationError as exc:
-            raise PermanentJobError(ErrorCode.OUTPUT_INVALID, exc.message[:300]) from None
+            raise PermanentJobError(
+                ErrorCode.OUTPUT_INVALID, exc.message[:300]
+            ) from None
 
     async def _persist_success(self, job: Job, result: GenerationResult) -> Outcome:
         duration_ms = round((time.monotonic() - job.started) * 1000)
-        metadata = storable({**result.metadata, "duration_ms": duration_ms, "worker_id": self._worker_id})
+        metadata = storable(
+            {
+                **result.metadata,
+                "duration_ms": duration_ms,
+                "worker_id": self._worker_id,
+            }
+        )
         written = await self._completer.finish(
-            Finish(job.id, job.token, "success", storable(result.content()), metadata, None)
+            Finish(
+                job.id, job.token, "success", storable(result.content()), metadata, None
+            )
         )
         if not written:
-            log.warning("artifact.write_refused", reason="lease gone", action="result discarded")
+            log.warning(
+                "artifact.write_refused", reason="lease gone", action="result discarded"
+            )
             return Outcome("success", written=False)
         log.info(
             "artifact.succeeded",
@@ -195,7 +222,9 @@ class Executor:
         }
         if exc.retryable and row.attempts < row.max_attempts:
             delay_s = retry_delay_s(row.attempts, exc.retry_after_s)
-            written = await self._completer.release(Release(job.id, job.token, delay_s, error))
+            written = await self._completer.release(
+                Release(job.id, job.token, delay_s, error)
+            )
             if written:
                 log.warning(
                     "artifact.retry_scheduled",
@@ -208,10 +237,26 @@ class Executor:
 
         content = error_content(exc.code, self._locale, detail)
         written = await self._completer.finish(
-            Finish(job.id, job.token, "failed", content, {"duration_ms": duration_ms}, error)
+            Finish(
+                job.id,
+                job.token,
+                "failed",
+                content,
+                {"duration_ms": duration_ms},
+                error,
+            )
         )
         if written:
-            log.error("artifact.failed", error_code=exc.code.value, error=detail, duration_ms=duration_ms)
+            log.error(
+                "artifact.failed",
+                error_code=exc.code.value,
+                error=detail,
+                duration_ms=duration_ms,
+            )
         else:
-            log.warning("artifact.write_refused", reason="lease gone", action="failure discarded")
+            log.warning(
+                "artifact.write_refused",
+                reason="lease gone",
+                action="failure discarded",
+            )
         return Outcome("failed", exc.code.value, written)

@@ -23,7 +23,9 @@ PROBE_INTERVAL_S = 10.0
 
 
 class Listener:
-    def __init__(self, url: str, channels: list[str], on_notify: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, url: str, channels: list[str], on_notify: Callable[[str, str], None]
+    ) -> None:
         self._url = url
         self._channels = channels
         self._on_notify = on_notify
@@ -42,7 +44,9 @@ class Listener:
                     # drop after a long outage would wait the longest delay.
                     delay_s = 0.1
                 log.warning(
-                    "listener.disconnected" if was_connected else "listener.connect_failed",
+                    "listener.disconnected"
+                    if was_connected
+                    else "listener.connect_failed",
                     error=" ".join(str(exc).split()),
                     retry_in_s=delay_s,
                     action="polling until reconnected",
@@ -54,8 +58,13 @@ class Listener:
 
     async def _listen(self) -> None:
         conn = await psycopg.AsyncConnection.connect(
-            self._url, autocommit=True, connect_timeout=10,
-            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            self._url,
+            autocommit=True,
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
         )
         async with conn:
             for channel in self._channels:

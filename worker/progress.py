@@ -21,12 +21,16 @@ MIN_INTERVAL_S = 0.25
 
 
 class ProgressWriter:
-    def __init__(self, pool: AsyncConnectionPool, *, min_interval_s: float = MIN_INTERVAL_S) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, min_interval_s: float = MIN_INTERVAL_S
+    ) -> None:
         self._pool = pool
         self._min_interval_s = min_interval_s
         self._last: dict[str, float] = {}
 
-    async def report(self, artifact_id: str, lease_token: str, progress: dict[str, Any]) -> None:
+    async def report(
+        self, artifact_id: str, lease_token: str, progress: dict[str, Any]
+    ) -> None:
         now = time.monotonic()
         if now - self._last.get(artifact_id, 0.0) < self._min_interval_s:
             return
@@ -34,7 +38,11 @@ class ProgressWriter:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 queue.UPDATE_PROGRESS,
-                {"progress": json.dumps(storable(progress)), "id": artifact_id, "token": lease_token},
+                {
+                    "progress": json.dumps(storable(progress)),
+                    "id": artifact_id,
+                    "token": lease_token,
+                },
             )
             if await cur.fetchone() is None:
                 raise LeaseLost(artifact_id)

@@ -95,9 +95,14 @@ class Worker:
         self._extra_loops = extra_loops or []
         self._on_outcome = on_outcome or []
         self._claimer = Claimer(
-            pool, worker_id=self.id, lease_s=config.lease_s, fleet_cap=config.fleet_concurrency
+            pool,
+            worker_id=self.id,
+            lease_s=config.lease_s,
+            fleet_cap=config.fleet_concurrency,
         )
-        self._completer = Completer(pool, channels=config.channels, on_batch=self._wake.set)
+        self._completer = Completer(
+            pool, channels=config.channels, on_batch=self._wake.set
+        )
         self._progress = ProgressWriter(pool)
         self._executor = Executor(
             generator=generator,
@@ -108,7 +113,9 @@ class Worker:
             attempt_timeout_s=config.attempt_timeout_s,
             worker_id=self.id,
         )
-        self._listener = Listener(config.listen_url, [queue.NEW_CHANNEL], self._on_notify)
+        self._listener = Listener(
+            config.listen_url, [queue.NEW_CHANNEL], self._on_notify
+        )
 
     # -- public ---------------------------------------------------------------
 
@@ -123,7 +130,11 @@ class Worker:
                 log.warning("worker.stopping_now", in_flight=self.in_flight)
             self._hurry.set()
         else:
-            log.info("worker.stopping", in_flight=self.in_flight, grace_s=self.config.shutdown_grace_s)
+            log.info(
+                "worker.stopping",
+                in_flight=self.in_flight,
+                grace_s=self.config.shutdown_grace_s,
+            )
             self._stopping.set()
         self._wake.set()
 
@@ -186,7 +197,9 @@ class Worker:
             try:
                 rows = await self._claimer.claim_batch(free)
             except DB_ERRORS as exc:
-                log.warning("claim.failed", error=_one_line(exc), retry_in_s=db_backoff_s)
+                log.warning(
+                    "claim.failed", error=_one_line(exc), retry_in_s=db_backoff_s
+                )
                 await self._sleep(db_backoff_s)
                 db_backoff_s = min(db_backoff_s * 2, 5.0)
                 continue
@@ -247,14 +260,21 @@ class Worker:
         except Exception as exc:
             # Not even a failure could be written. The lease expires and the
             # row is tried again (or ends WORKER_LOST), so nothing is lost.
-            log.error("artifact.persist_failed", artifact_id=job.id, error=repr(exc), action="lease will expire")
+            log.error(
+                "artifact.persist_failed",
+                artifact_id=job.id,
+                error=repr(exc),
+                action="lease will expire",
+            )
             return
         except asyncio.CancelledError:
             # Cancelled by the heartbeat (lease lost) or by shutdown; the
             # shutdown path releases what it cancelled.
             if job.lost:
                 self.stats.lost += 1
-                log.warning("artifact.lease_lost", artifact_id=job.id, action="job stopped")
+                log.warning(
+                    "artifact.lease_lost", artifact_id=job.id, action="job stopped"
+                )
             return
         finally:
             self._jobs.pop(job.id, None)
@@ -301,7 +321,9 @@ class Worker:
         except DB_ERRORS as exc:
             # Jobs keep running; if the database stays away past the lease, the
             # final write is refused and another worker redoes the row.
-            log.warning("heartbeat.failed", error=_one_line(exc), action="retry next beat")
+            log.warning(
+                "heartbeat.failed", error=_one_line(exc), action="retry next beat"
+            )
             return
         for job in jobs:
             if job.id not in renewed and job.id in self._jobs:
@@ -312,7 +334,10 @@ class Worker:
     async def _rescuer_loop(self) -> None:
         interval_s = min(max(self.config.lease_s / 2, 1.0), 15.0)
         content = error_content(ErrorCode.WORKER_LOST, self.config.locale)
-        error = {"error_code": ErrorCode.WORKER_LOST.value, "detail": "lease expired with no attempts left"}
+        error = {
+            "error_code": ErrorCode.WORKER_LOST.value,
+            "detail": "lease expired with no attempts left",
+        }
         while True:
             try:
                 async with self._pool.connection() as conn:
@@ -326,9 +351,15 @@ class Worker:
                         },
                     )
                     for (artifact_id,) in await cur.fetchall():
-                        log.error("artifact.failed", artifact_id=artifact_id, error_code="WORKER_LOST")
+                        log.error(
+                            "artifact.failed",
+                            artifact_id=artifact_id,
+                            error_code="WORKER_LOST",
+                        )
             except DB_ERRORS as exc:
-                log.warning("rescuer.failed", error=_one_line(exc), action="retry next round")
+                log.warning(
+                    "rescuer.failed", error=_one_line(exc), action="retry next round"
+                )
             await asyncio.sleep(interval_s)
 
     # -- shutdown ---------------------------------------------------------------
@@ -349,12 +380,16 @@ class Worker:
         hurry = asyncio.create_task(self._hurry.wait())
         try:
             while not self._hurry.is_set():
-                pending = [j.task for j in self._jobs.values() if j.task and not j.task.done()]
+                pending = [
+                    j.task for j in self._jobs.values() if j.task and not j.task.done()
+                ]
                 remaining_s = deadline - time.monotonic()
                 if not pending or remaining_s <= 0:
                     return
                 await asyncio.wait(
-                    [*pending, hurry], timeout=remaining_s, return_when=asyncio.FIRST_COMPLETED
+                    [*pending, hurry],
+                    timeout=remaining_s,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
             hurry.cancel()
@@ -365,16 +400,27 @@ class Worker:
                 async with self._pool.connection() as conn:
                     cur = await conn.execute(
                         queue.RELEASE_ON_SHUTDOWN,
-                        {"ids": [j.id for j in jobs], "tokens": [j.token for j in jobs]},
+                        {
+                            "ids": [j.id for j in jobs],
+                            "tokens": [j.token for j in jobs],
+                        },
                     )
                     released = await cur.fetchall()
                 self.stats.released += len(released)
-                log.info("worker.released", count=len(released), artifact_ids=[r[0] for r in released])
+                log.info(
+                    "worker.released",
+                    count=len(released),
+                    artifact_ids=[r[0] for r in released],
+                )
                 return
             except DB_ERRORS as exc:
-                log.warning("worker.release_failed", error=_one_line(exc), retry_in_s=delay_s)
+                log.warning(
+                    "worker.release_failed", error=_one_line(exc), retry_in_s=delay_s
+                )
                 await asyncio.sleep(delay_s)
-        log.error("worker.release_abandoned", count=len(jobs), action="leases will expire")
+        log.error(
+            "worker.release_abandoned", count=len(jobs), action="leases will expire"
+        )
 
 
 def _one_line(exc: BaseException) -> str:

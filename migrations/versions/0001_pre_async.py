@@ -22,25 +22,54 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "tasks",
-        sa.Column("id", sa.Text, primary_key=True, server_default=sa.text("gen_random_uuid()::text")),
+        sa.Column(
+            "id",
+            sa.Text,
+            primary_key=True,
+            server_default=sa.text("gen_random_uuid()::text"),
+        ),
         sa.Column("name", sa.Text, nullable=False),
         sa.Column("meeting_time", sa.TIMESTAMP(timezone=True)),
         sa.Column("note_type", sa.Text),
         sa.Column("language", sa.Text),
         sa.Column("transcript", sa.Text, nullable=False),
-        sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.text("now()")),
+        sa.Column(
+            "created_at",
+            sa.TIMESTAMP(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
     )
     op.create_table(
         "generated_artifacts",
-        sa.Column("id", pg.UUID, primary_key=True, server_default=sa.text("gen_random_uuid()")),
+        sa.Column(
+            "id", pg.UUID, primary_key=True, server_default=sa.text("gen_random_uuid()")
+        ),
         sa.Column("task_id", sa.Text, nullable=False),
         sa.Column("artifact_type", sa.Text, nullable=False),
         sa.Column("version", sa.Integer, nullable=False, server_default="1"),
         sa.Column("content", pg.JSONB),
-        sa.Column("metadata", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
-        sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.text("now()")),
-        sa.Column("updated_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.text("now()")),
-        sa.UniqueConstraint("task_id", "artifact_type", "version", name="uq_generated_artifacts_task_type_version"),
+        sa.Column(
+            "metadata", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
+        ),
+        sa.Column(
+            "created_at",
+            sa.TIMESTAMP(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.Column(
+            "updated_at",
+            sa.TIMESTAMP(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        sa.UniqueConstraint(
+            "task_id",
+            "artifact_type",
+            "version",
+            name="uq_generated_artifacts_task_type_version",
+        ),
     )
 
 

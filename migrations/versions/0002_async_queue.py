@@ -47,7 +47,9 @@ def upgrade() -> None:
         "state IN ('processing', 'success', 'failed')",
     )
     op.create_unique_constraint(
-        "uq_generated_artifacts_idempotency_key", "generated_artifacts", ["idempotency_key"]
+        "uq_generated_artifacts_idempotency_key",
+        "generated_artifacts",
+        ["idempotency_key"],
     )
     # The claim walks this index in claim order; finished rows are not in it,
     # so claims cost the same with ten million finished rows as with none.
@@ -60,7 +62,9 @@ def upgrade() -> None:
         "CREATE INDEX ix_generated_artifacts_leased ON generated_artifacts "
         "(lease_expires_at) WHERE state = 'processing' AND lease_token IS NOT NULL"
     )
-    op.execute("CREATE INDEX ix_generated_artifacts_created ON generated_artifacts (created_at DESC)")
+    op.execute(
+        "CREATE INDEX ix_generated_artifacts_created ON generated_artifacts (created_at DESC)"
+    )
     op.execute(
         "CREATE INDEX ix_generated_artifacts_finished ON generated_artifacts (finished_at) "
         "WHERE state <> 'processing'"
@@ -145,15 +149,21 @@ def upgrade() -> None:
         sa.Column("channel", sa.Text, nullable=False),
         sa.Column("state", sa.Text, nullable=False, server_default="pending"),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("next_attempt_at", TS, nullable=False, server_default=sa.text("now()")),
+        sa.Column(
+            "next_attempt_at", TS, nullable=False, server_default=sa.text("now()")
+        ),
         sa.Column("last_error", sa.Text),
         sa.Column("locked_by", sa.Text),
         sa.Column("locked_until", TS),
         sa.Column("created_at", TS, nullable=False, server_default=sa.text("now()")),
         sa.Column("updated_at", TS, nullable=False, server_default=sa.text("now()")),
         sa.Column("sent_at", TS),
-        sa.CheckConstraint("event IN ('success', 'failed')", name="ck_notifications_event"),
-        sa.CheckConstraint("state IN ('pending', 'sent', 'dead')", name="ck_notifications_state"),
+        sa.CheckConstraint(
+            "event IN ('success', 'failed')", name="ck_notifications_event"
+        ),
+        sa.CheckConstraint(
+            "state IN ('pending', 'sent', 'dead')", name="ck_notifications_state"
+        ),
     )
     op.execute(
         "CREATE INDEX ix_notifications_due ON notifications (next_attempt_at) "
@@ -200,8 +210,17 @@ def downgrade() -> None:
     op.drop_constraint("uq_generated_artifacts_idempotency_key", "generated_artifacts")
     op.drop_constraint("ck_generated_artifacts_state", "generated_artifacts")
     for column in (
-        "state", "priority", "run_after", "attempts", "max_attempts", "lease_owner",
-        "lease_token", "lease_expires_at", "idempotency_key", "batch_id",
-        "started_at", "finished_at",
+        "state",
+        "priority",
+        "run_after",
+        "attempts",
+        "max_attempts",
+        "lease_owner",
+        "lease_token",
+        "lease_expires_at",
+        "idempotency_key",
+        "batch_id",
+        "started_at",
+        "finished_at",
     ):
         op.drop_column("generated_artifacts", column)

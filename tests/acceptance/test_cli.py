@@ -15,34 +15,54 @@ from tests.support.processes import ROOT, base_env, query, scalar
 MEETINGS = ROOT / "worker" / "meetings"
 
 
-def artifactd(db_url: str | None, *args: str, env: dict[str, str] | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess:
+def artifactd(
+    db_url: str | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+) -> subprocess.CompletedProcess:
     environ = base_env(db_url or "", **(env or {}))
     if db_url is None:
         environ.pop("ARTIFACTD_DATABASE_URL")
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
-        env=environ, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+        env=environ,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
 
 
 def test_enqueue_then_drain__minutes_of_real_meetings(clean_db: str) -> None:
     enq = artifactd(
-        clean_db, "enqueue", str(MEETINGS / "ami-ES2005a.json"), str(MEETINGS / "vcsum-samples.jsonl"),
-        "--type", "meeting_minutes", "--json",
+        clean_db,
+        "enqueue",
+        str(MEETINGS / "ami-ES2005a.json"),
+        str(MEETINGS / "vcsum-samples.jsonl"),
+        "--type",
+        "meeting_minutes",
+        "--json",
     )
     assert enq.returncode == 0, enq.stderr
     enqueued = json.loads(enq.stdout)
-    assert len(enqueued) == 6 and all(set(e) == {"task_id", "artifact_id"} for e in enqueued)
+    assert len(enqueued) == 6 and all(
+        set(e) == {"task_id", "artifact_id"} for e in enqueued
+    )
 
     run = artifactd(clean_db, "run", "--drain", env={"ARTIFACTD_GENERATOR": "offline"})
 
     assert run.returncode == 0, run.stderr
     listed = json.loads(artifactd(clean_db, "list", "--json").stdout)
     assert {row["state"] for row in listed} == {"success"} and len(listed) == 6
-    shown = json.loads(artifactd(clean_db, "show", enqueued[0]["artifact_id"], "--json").stdout)
+    shown = json.loads(
+        artifactd(clean_db, "show", enqueued[0]["artifact_id"], "--json").stdout
+    )
     text = shown["content"]["text"]
     assert shown["state"] == "success" and "remote" in text.lower()
-    chinese = json.loads(artifactd(clean_db, "show", enqueued[1]["artifact_id"], "--json").stdout)
+    chinese = json.loads(
+        artifactd(clean_db, "show", enqueued[1]["artifact_id"], "--json").stdout
+    )
     assert "参会人" in chinese["content"]["text"]
 
 
@@ -50,7 +70,11 @@ def test_enqueue_then_drain__minutes_of_real_meetings(clean_db: str) -> None:
     ("name", "body", "reason"),
     [
         ("broken.json", '{"meeting_transcripts": [', "JSON"),
-        ("bad.jsonl", '{"id": "1", "context": [["a"]], "speaker": [1]}\nnot json\n', "line 2"),
+        (
+            "bad.jsonl",
+            '{"id": "1", "context": [["a"]], "speaker": [1]}\nnot json\n',
+            "line 2",
+        ),
         ("latin1.txt", b"caf\xe9 au lait", "UTF-8"),
         ("empty.srt", "", "empty"),
     ],
@@ -61,7 +85,15 @@ def test_enqueue__unreadable_file_is_named_and_nothing_is_enqueued_for_it(
     bad = tmp_path / name
     bad.write_bytes(body if isinstance(body, bytes) else body.encode())
 
-    result = artifactd(clean_db, "enqueue", str(bad), str(MEETINGS / "ami-IS1004a.json"), "--type", "summary", "--json")
+    result = artifactd(
+        clean_db,
+        "enqueue",
+        str(bad),
+        str(MEETINGS / "ami-IS1004a.json"),
+        "--type",
+        "summary",
+        "--json",
+    )
 
     assert result.returncode == 1
     assert name in result.stderr and reason.lower() in result.stderr.lower()
@@ -69,11 +101,25 @@ def test_enqueue__unreadable_file_is_named_and_nothing_is_enqueued_for_it(
     assert scalar(clean_db, "SELECT count(*) FROM tasks") == 1
 
 
-def test_enqueue__srt_and_webvtt_become_speaker_lines(clean_db: str, tmp_path: Path) -> None:
-    (tmp_path / "m.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nAlice: we decided to ship.\n\n")
-    (tmp_path / "m.vtt").write_text("WEBVTT\n\n00:00:01.000 --> 00:00:02.000\n<v Bob>I will write the notes.\n\n")
+def test_enqueue__srt_and_webvtt_become_speaker_lines(
+    clean_db: str, tmp_path: Path
+) -> None:
+    (tmp_path / "m.srt").write_text(
+        "1\n00:00:01,000 --> 00:00:02,000\nAlice: we decided to ship.\n\n"
+    )
+    (tmp_path / "m.vtt").write_text(
+        "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\n<v Bob>I will write the notes.\n\n"
+    )
 
-    result = artifactd(clean_db, "enqueue", str(tmp_path / "m.srt"), str(tmp_path / "m.vtt"), "--type", "summary", "--json")
+    result = artifactd(
+        clean_db,
+        "enqueue",
+        str(tmp_path / "m.srt"),
+        str(tmp_path / "m.vtt"),
+        "--type",
+        "summary",
+        "--json",
+    )
 
     assert result.returncode == 0, result.stderr
     transcripts = sorted(r[0] for r in query(clean_db, "SELECT transcript FROM tasks"))
@@ -82,7 +128,9 @@ def test_enqueue__srt_and_webvtt_become_speaker_lines(clean_db: str, tmp_path: P
 
 
 def test_enqueue__unknown_type_is_bad_usage(clean_db: str) -> None:
-    result = artifactd(clean_db, "enqueue", str(MEETINGS / "ami-IS1004a.json"), "--type", "haiku")
+    result = artifactd(
+        clean_db, "enqueue", str(MEETINGS / "ami-IS1004a.json"), "--type", "haiku"
+    )
 
     assert result.returncode == 2
     assert "haiku" in result.stderr and "meeting_minutes" in result.stderr
@@ -113,14 +161,21 @@ def test_show__unknown_and_malformed_ids(clean_db: str) -> None:
 def test_run_help__names_each_option_environment_variable() -> None:
     result = artifactd(None, "run", "--help")
 
-    for variable in ("ARTIFACTD_CONCURRENCY", "ARTIFACTD_DATABASE_URL", "ARTIFACTD_LEASE_S", "ANTHROPIC_API_KEY"):
+    for variable in (
+        "ARTIFACTD_CONCURRENCY",
+        "ARTIFACTD_DATABASE_URL",
+        "ARTIFACTD_LEASE_S",
+        "ANTHROPIC_API_KEY",
+    ):
         assert variable in result.stdout
 
 
 def test_demo__embedded_database_all_meetings_succeed(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     try:
-        result = artifactd(None, "demo", env={"ARTIFACTD_DATA_DIR": str(data_dir)}, timeout_s=240)
+        result = artifactd(
+            None, "demo", env={"ARTIFACTD_DATA_DIR": str(data_dir)}, timeout_s=240
+        )
 
         assert result.returncode == 0, result.stderr + result.stdout
         assert "8 of 8 succeeded" in result.stdout

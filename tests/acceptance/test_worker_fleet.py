@@ -46,18 +46,27 @@ def llm_env(server: FakeMessagesServer, **extra: str) -> dict[str, str]:
     }
 
 
-def test_three_workers__generate_300_rows_each_exactly_once(clean_db: str, tmp_path: Path) -> None:
+def test_three_workers__generate_300_rows_each_exactly_once(
+    clean_db: str, tmp_path: Path
+) -> None:
     ids = seed(clean_db, 300)
 
     with workers(clean_db, tmp_path, 3, "--drain", ARTIFACTD_CONCURRENCY="16") as procs:
         codes = [p.wait(timeout_s=120) for p in procs]
 
     assert codes == [0, 0, 0]
-    assert query(clean_db, "SELECT state, attempts, count(*) FROM generated_artifacts GROUP BY 1, 2") == [
-        ("success", 1, 300)
+    assert query(
+        clean_db,
+        "SELECT state, attempts, count(*) FROM generated_artifacts GROUP BY 1, 2",
+    ) == [("success", 1, 300)]
+    succeeded = [
+        e["artifact_id"]
+        for e in log_events(*procs)
+        if e["event"] == "artifact.succeeded"
     ]
-    succeeded = [e["artifact_id"] for e in log_events(*procs) if e["event"] == "artifact.succeeded"]
-    assert sorted(succeeded) == sorted(ids)  # one success line per row, across all workers
+    assert sorted(succeeded) == sorted(
+        ids
+    )  # one success line per row, across all workers
     per_worker = Counter(
         e["worker_id"] for e in log_events(*procs) if e["event"] == "worker.started"
     )
@@ -72,13 +81,23 @@ def test_sigkill_mid_job__another_worker_finishes_the_rows_once(
     env = llm_env(slow_llm, ARTIFACTD_LEASE_S="2", ARTIFACTD_CONCURRENCY="2")
     victim = WorkerProcess(clean_db, tmp_path / "victim.log", **env)
     try:
-        wait_until(lambda: len(slow_llm.requests) >= 2, timeout_s=30, message="victim calls the LLM")
+        wait_until(
+            lambda: len(slow_llm.requests) >= 2,
+            timeout_s=30,
+            message="victim calls the LLM",
+        )
         victim_id = scalar(clean_db, "SELECT min(lease_owner) FROM generated_artifacts")
         victim.signal(signal.SIGKILL)
         assert victim.wait(10) == -signal.SIGKILL
     finally:
         victim.kill()
-    assert scalar(clean_db, "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'") == 2
+    assert (
+        scalar(
+            clean_db,
+            "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'",
+        )
+        == 2
+    )
 
     slow_llm.latency_s = 0.0
     rescuer = WorkerProcess(clean_db, tmp_path / "rescuer.log", "--drain", **env)
@@ -88,13 +107,18 @@ def test_sigkill_mid_job__another_worker_finishes_the_rows_once(
     finally:
         rescuer.kill()
 
-    rows = query(clean_db, "SELECT id::text, state, attempts, metadata->>'worker_id' FROM generated_artifacts")
+    rows = query(
+        clean_db,
+        "SELECT id::text, state, attempts, metadata->>'worker_id' FROM generated_artifacts",
+    )
     assert sorted(r[0] for r in rows) == sorted(ids)
     assert all(r[1:3] == ("success", 2) for r in rows)
     assert all(r[3] != victim_id for r in rows)
     events = log_events(rescuer)
     assert Counter(e["event"] for e in events)["artifact.reclaimed"] == 2
-    assert sorted(e["artifact_id"] for e in events if e["event"] == "artifact.succeeded") == sorted(ids)
+    assert sorted(
+        e["artifact_id"] for e in events if e["event"] == "artifact.succeeded"
+    ) == sorted(ids)
 
 
 def test_sigterm__releases_unfinished_rows_for_the_next_worker(
@@ -105,7 +129,11 @@ def test_sigterm__releases_unfinished_rows_for_the_next_worker(
     env = llm_env(slow_llm, ARTIFACTD_SHUTDOWN_GRACE_S="0.5", ARTIFACTD_CONCURRENCY="3")
     proc = WorkerProcess(clean_db, tmp_path / "worker.log", **env)
     try:
-        wait_until(lambda: len(slow_llm.requests) >= 3, timeout_s=30, message="three jobs running")
+        wait_until(
+            lambda: len(slow_llm.requests) >= 3,
+            timeout_s=30,
+            message="three jobs running",
+        )
 
         proc.signal(signal.SIGTERM)
         code = proc.wait(timeout_s=30)
@@ -113,7 +141,10 @@ def test_sigterm__releases_unfinished_rows_for_the_next_worker(
         proc.kill()
 
     assert code == 0
-    rows = query(clean_db, "SELECT state, lease_token, attempts, run_after <= now() FROM generated_artifacts")
+    rows = query(
+        clean_db,
+        "SELECT state, lease_token, attempts, run_after <= now() FROM generated_artifacts",
+    )
     assert rows == [("processing", None, 0, True)] * 3
     released = [e for e in log_events(proc) if e["event"] == "worker.released"]
     assert [e["count"] for e in released] == [3]
@@ -127,7 +158,11 @@ def test_sigterm__lets_running_jobs_finish_within_the_grace_period(
     env = llm_env(slow_llm, ARTIFACTD_SHUTDOWN_GRACE_S="30", ARTIFACTD_CONCURRENCY="2")
     proc = WorkerProcess(clean_db, tmp_path / "worker.log", **env)
     try:
-        wait_until(lambda: len(slow_llm.requests) >= 2, timeout_s=30, message="two jobs running")
+        wait_until(
+            lambda: len(slow_llm.requests) >= 2,
+            timeout_s=30,
+            message="two jobs running",
+        )
 
         proc.signal(signal.SIGTERM)
         code = proc.wait(timeout_s=30)
@@ -135,7 +170,9 @@ def test_sigterm__lets_running_jobs_finish_within_the_grace_period(
         proc.kill()
 
     assert code == 0
-    assert query(clean_db, "SELECT state, count(*) FROM generated_artifacts GROUP BY 1") == [("success", 2)]
+    assert query(
+        clean_db, "SELECT state, count(*) FROM generated_artifacts GROUP BY 1"
+    ) == [("success", 2)]
 
 
 def test_poison_row__ends_worker_lost_after_max_attempts_of_dead_workers(
@@ -148,9 +185,14 @@ def test_poison_row__ends_worker_lost_after_max_attempts_of_dead_workers(
         proc = WorkerProcess(clean_db, tmp_path / f"dying-{attempt}.log", **env)
         try:
             wait_until(
-                lambda attempt=attempt: scalar(clean_db, "SELECT attempts FROM generated_artifacts")
-                == attempt
-                and scalar(clean_db, "SELECT lease_token IS NOT NULL FROM generated_artifacts"),
+                lambda attempt=attempt: (
+                    scalar(clean_db, "SELECT attempts FROM generated_artifacts")
+                    == attempt
+                    and scalar(
+                        clean_db,
+                        "SELECT lease_token IS NOT NULL FROM generated_artifacts",
+                    )
+                ),
                 timeout_s=30,
                 message=f"attempt {attempt} claimed",
             )
@@ -166,25 +208,41 @@ def test_poison_row__ends_worker_lost_after_max_attempts_of_dead_workers(
         survivor.kill()
 
     state, code, attempts = query(
-        clean_db, "SELECT state, content->>'error_code', attempts FROM generated_artifacts"
+        clean_db,
+        "SELECT state, content->>'error_code', attempts FROM generated_artifacts",
     )[0]
     assert (state, code, attempts) == ("failed", "WORKER_LOST", 2)
     assert scalar(clean_db, "SELECT id::text FROM generated_artifacts") == poison
 
 
-def test_drain__ends_bad_inputs_with_their_codes_and_exits_zero(clean_db: str, tmp_path: Path) -> None:
+def test_drain__ends_bad_inputs_with_their_codes_and_exits_zero(
+    clean_db: str, tmp_path: Path
+) -> None:
     seed(clean_db, 1, transcript="   \n ")
     seed(clean_db, 1, artifact_type="no_such_type")
     import psycopg
 
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO generated_artifacts (task_id, artifact_type, state) VALUES ('missing', 'summary', 'processing')"
+            "INSERT INTO generated_artifacts (task_id, artifact_type, state) "
+            "VALUES ('missing', 'summary', 'processing')"
         )
 
-    with workers(clean_db, tmp_path, 1, "--drain", ARTIFACTD_GENERATOR="offline") as [proc]:
+    with workers(clean_db, tmp_path, 1, "--drain", ARTIFACTD_GENERATOR="offline") as [
+        proc
+    ]:
         assert proc.wait(timeout_s=60) == 0
 
-    codes = sorted(r[0] for r in query(clean_db, "SELECT content->>'error_code' FROM generated_artifacts"))
+    codes = sorted(
+        r[0]
+        for r in query(
+            clean_db, "SELECT content->>'error_code' FROM generated_artifacts"
+        )
+    )
     assert codes == ["INPUT_EMPTY", "INPUT_NOT_FOUND", "UNKNOWN_ARTIFACT_TYPE"]
-    assert scalar(clean_db, "SELECT count(*) FROM generated_artifacts WHERE state <> 'failed'") == 0
+    assert (
+        scalar(
+            clean_db, "SELECT count(*) FROM generated_artifacts WHERE state <> 'failed'"
+        )
+        == 0
+    )

@@ -20,7 +20,13 @@ from shared.repository import (
 from tests.support.processes import query, scalar, seed
 
 
-def claim(url: str, limit: int, worker_id: str = "w1", lease_s: float = 30.0, cap: int | None = None) -> list[dict]:
+def claim(
+    url: str,
+    limit: int,
+    worker_id: str = "w1",
+    lease_s: float = 30.0,
+    cap: int | None = None,
+) -> list[dict]:
     params = {"limit": limit, "worker_id": worker_id, "lease_s": lease_s}
     with psycopg.connect(url, autocommit=True) as conn:
         with conn.transaction():
@@ -28,7 +34,10 @@ def claim(url: str, limit: int, worker_id: str = "w1", lease_s: float = 30.0, ca
                 conn.execute(queue.LOCK_FLEET_CLAIMS)
                 params["fleet_cap"] = cap
             cur = conn.cursor(row_factory=psycopg.rows.dict_row)
-            cur.execute(queue.CLAIM_BATCH_CAPPED if cap is not None else queue.CLAIM_BATCH, params)
+            cur.execute(
+                queue.CLAIM_BATCH_CAPPED if cap is not None else queue.CLAIM_BATCH,
+                params,
+            )
             return cur.fetchall()
 
 
@@ -44,7 +53,8 @@ def test_claim__skips_rows_locked_by_another_worker(clean_db: str) -> None:
     ids = seed(clean_db, 4)
     with psycopg.connect(clean_db) as other:
         other.execute(
-            "SELECT id FROM generated_artifacts WHERE id = ANY(%s::uuid[]) FOR UPDATE", (ids[:2],)
+            "SELECT id FROM generated_artifacts WHERE id = ANY(%s::uuid[]) FOR UPDATE",
+            (ids[:2],),
         )
 
         claimed = claim(clean_db, 10)
@@ -76,7 +86,9 @@ def test_claim__sets_lease_and_counts_attempt_and_joins_task(clean_db: str) -> N
     assert owner == "host:1:abc" and 25 < expires_in <= 30
 
 
-def test_claim__leased_row_is_not_claimed_again_until_lease_expires(clean_db: str) -> None:
+def test_claim__leased_row_is_not_claimed_again_until_lease_expires(
+    clean_db: str,
+) -> None:
     seed(clean_db, 1)
     assert len(claim(clean_db, 5, "w1")) == 1
 
@@ -94,20 +106,32 @@ def test_final_write__with_a_lost_lease_changes_nothing(clean_db: str) -> None:
     [second] = claim(clean_db, 1, "w2")
     with psycopg.connect(clean_db, autocommit=True) as conn:
         late = update_content_and_state(
-            conn, first["id"], first["lease_token"], state="success", content={"text": "late"}
+            conn,
+            first["id"],
+            first["lease_token"],
+            state="success",
+            content={"text": "late"},
         )
         on_time = update_content_and_state(
-            conn, second["id"], second["lease_token"], state="success", content={"text": "on time"}
+            conn,
+            second["id"],
+            second["lease_token"],
+            state="success",
+            content={"text": "on time"},
         )
 
         again = update_content_and_state(
-            conn, second["id"], second["lease_token"], state="success", content={"text": "twice"}
+            conn,
+            second["id"],
+            second["lease_token"],
+            state="success",
+            content={"text": "twice"},
         )
 
     assert (late, on_time, again) == (False, True, False)
-    assert query(clean_db, "SELECT state, content->>'text' FROM generated_artifacts") == [
-        ("success", "on time")
-    ]
+    assert query(
+        clean_db, "SELECT state, content->>'text' FROM generated_artifacts"
+    ) == [("success", "on time")]
 
 
 def test_renew_leases__renews_held_rows_and_reports_lost_ones(clean_db: str) -> None:
@@ -116,18 +140,27 @@ def test_renew_leases__renews_held_rows_and_reports_lost_ones(clean_db: str) -> 
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute(
             queue.CANCEL_ARTIFACTS,
-            {"ids": [rows[0]["id"]], "content": json.dumps(error_content(ErrorCode.CANCELLED, "en")), "channels": []},
+            {
+                "ids": [rows[0]["id"]],
+                "content": json.dumps(error_content(ErrorCode.CANCELLED, "en")),
+                "channels": [],
+            },
         )
 
         renewed = conn.execute(
             queue.RENEW_LEASES,
-            {"lease_s": 120, "ids": [r["id"] for r in rows], "tokens": [r["lease_token"] for r in rows]},
+            {
+                "lease_s": 120,
+                "ids": [r["id"] for r in rows],
+                "tokens": [r["lease_token"] for r in rows],
+            },
         ).fetchall()
 
     assert [r[0] for r in renewed] == [rows[1]["id"]]
     left = scalar(
         clean_db,
-        "SELECT extract(epoch FROM lease_expires_at - now()) FROM generated_artifacts WHERE id = %s",
+        "SELECT extract(epoch FROM lease_expires_at - now()) "
+        "FROM generated_artifacts WHERE id = %s",
         (rows[1]["id"],),
     )
     assert left > 100
@@ -140,7 +173,12 @@ def test_release_for_retry__frees_the_row_until_run_after(clean_db: str) -> None
     with psycopg.connect(clean_db, autocommit=True) as conn:
         released = conn.execute(
             queue.RELEASE_FOR_RETRY,
-            {"ids": [row["id"]], "tokens": [row["lease_token"]], "delays_s": [3600.0], "errors": [json.dumps(error)]},
+            {
+                "ids": [row["id"]],
+                "tokens": [row["lease_token"]],
+                "delays_s": [3600.0],
+                "errors": [json.dumps(error)],
+            },
         ).fetchall()
 
     assert len(released) == 1
@@ -155,18 +193,25 @@ def test_release_for_retry__frees_the_row_until_run_after(clean_db: str) -> None
     assert errors == [error]
 
 
-def test_release_on_shutdown__hands_row_back_at_once_without_spending_the_attempt(clean_db: str) -> None:
+def test_release_on_shutdown__hands_row_back_at_once_without_spending_the_attempt(
+    clean_db: str,
+) -> None:
     seed(clean_db, 1)
     [row] = claim(clean_db, 1, "w1")
     with psycopg.connect(clean_db, autocommit=True) as conn:
-        conn.execute(queue.RELEASE_ON_SHUTDOWN, {"ids": [row["id"]], "tokens": [row["lease_token"]]})
+        conn.execute(
+            queue.RELEASE_ON_SHUTDOWN,
+            {"ids": [row["id"]], "tokens": [row["lease_token"]]},
+        )
 
     [again] = claim(clean_db, 1, "w2")
 
     assert again["id"] == row["id"] and again["attempts"] == 1
 
 
-def test_fail_lost_artifacts__ends_rows_that_lost_every_attempt_with_worker_lost(clean_db: str) -> None:
+def test_fail_lost_artifacts__ends_rows_that_lost_every_attempt_with_worker_lost(
+    clean_db: str,
+) -> None:
     [poison] = seed(clean_db, 1, max_attempts=2)
     [healthy] = seed(clean_db, 1, max_attempts=2)
     for _ in range(2):
@@ -186,10 +231,17 @@ def test_fail_lost_artifacts__ends_rows_that_lost_every_attempt_with_worker_lost
     assert [r[0] for r in failed] == [poison]
     rows = dict(query(clean_db, "SELECT id::text, state FROM generated_artifacts"))
     assert rows == {poison: "failed", healthy: "processing"}
-    assert scalar(clean_db, "SELECT content->>'error_code' FROM generated_artifacts WHERE id = %s", (poison,)) == "WORKER_LOST"
-    assert query(clean_db, "SELECT artifact_id::text, event, channel, state FROM notifications") == [
-        (poison, "failed", "wecom", "pending")
-    ]
+    assert (
+        scalar(
+            clean_db,
+            "SELECT content->>'error_code' FROM generated_artifacts WHERE id = %s",
+            (poison,),
+        )
+        == "WORKER_LOST"
+    )
+    assert query(
+        clean_db, "SELECT artifact_id::text, event, channel, state FROM notifications"
+    ) == [(poison, "failed", "wecom", "pending")]
 
 
 def test_fleet_cap__claims_no_more_than_the_cap_across_workers(clean_db: str) -> None:
@@ -205,20 +257,31 @@ def test_fleet_cap__claims_no_more_than_the_cap_across_workers(clean_db: str) ->
 def test_fleet_pause__stops_claims_until_it_ends(clean_db: str) -> None:
     seed(clean_db, 1)
     with psycopg.connect(clean_db, autocommit=True) as conn:
-        conn.execute(queue.PAUSE_FLEET, {"name": queue.LLM_CONTROL, "seconds": 30, "reason": "429"})
-        shorter = conn.execute(queue.PAUSE_FLEET, {"name": queue.LLM_CONTROL, "seconds": 1, "reason": "429"}).fetchone()
+        conn.execute(
+            queue.PAUSE_FLEET,
+            {"name": queue.LLM_CONTROL, "seconds": 30, "reason": "429"},
+        )
+        shorter = conn.execute(
+            queue.PAUSE_FLEET,
+            {"name": queue.LLM_CONTROL, "seconds": 1, "reason": "429"},
+        ).fetchone()
 
     assert claim(clean_db, 1) == []
     assert shorter[0] > 25  # a shorter pause never cuts a longer one
     with psycopg.connect(clean_db, autocommit=True) as conn:
-        conn.execute("UPDATE queue_controls SET paused_until = now() - interval '1 second'")
+        conn.execute(
+            "UPDATE queue_controls SET paused_until = now() - interval '1 second'"
+        )
     assert len(claim(clean_db, 1)) == 1
 
 
-def test_claim__returns_row_with_missing_task_for_input_not_found(clean_db: str) -> None:
+def test_claim__returns_row_with_missing_task_for_input_not_found(
+    clean_db: str,
+) -> None:
     with psycopg.connect(clean_db, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO generated_artifacts (task_id, artifact_type, state) VALUES ('nope', 'summary', 'processing')"
+            "INSERT INTO generated_artifacts (task_id, artifact_type, state) "
+            "VALUES ('nope', 'summary', 'processing')"
         )
 
     [row] = claim(clean_db, 1)
@@ -237,22 +300,36 @@ def test_create__defaults_to_success(conn: psycopg.Connection) -> None:
     assert row["state"] == "success" and row["finished_at"] is not None
 
 
-def test_create_placeholder__is_processing_with_no_lease(conn: psycopg.Connection) -> None:
+def test_create_placeholder__is_processing_with_no_lease(
+    conn: psycopg.Connection,
+) -> None:
     task_id = create_task(conn, NewTask(name="n", transcript="t"))
 
     row = create_placeholder(conn, task_id, "summary", priority=3, max_attempts=2)
 
-    assert (row["state"], row["lease_owner"], row["priority"], row["max_attempts"]) == ("processing", None, 3, 2)
+    assert (row["state"], row["lease_owner"], row["priority"], row["max_attempts"]) == (
+        "processing",
+        None,
+        3,
+        2,
+    )
     assert row["version"] == 1
 
 
-def test_update_content_and_state__failure_puts_error_in_content_and_metadata(clean_db: str) -> None:
+def test_update_content_and_state__failure_puts_error_in_content_and_metadata(
+    clean_db: str,
+) -> None:
     seed(clean_db, 1)
     [row] = claim(clean_db, 1)
     with psycopg.connect(clean_db, autocommit=True) as conn:
         ok = update_content_and_state(
-            conn, row["id"], row["lease_token"], state="failed",
-            error_code=ErrorCode.OUTPUT_REFUSED, locale="en", channels=["wecom"],
+            conn,
+            row["id"],
+            row["lease_token"],
+            state="failed",
+            error_code=ErrorCode.OUTPUT_REFUSED,
+            locale="en",
+            channels=["wecom"],
         )
         status = get_status(conn, row["id"])
 
@@ -263,12 +340,27 @@ def test_update_content_and_state__failure_puts_error_in_content_and_metadata(cl
         "error_message": "The model refused to produce this output.",
         "hint": "Check the transcript and the prompt.",
     }
-    assert set(status) == {"artifact_id", "state", "created_at", "updated_at", "attempts", "progress", "error"}
+    assert set(status) == {
+        "artifact_id",
+        "state",
+        "created_at",
+        "updated_at",
+        "attempts",
+        "progress",
+        "error",
+    }
     errors = scalar(clean_db, "SELECT metadata->'errors' FROM generated_artifacts")
     assert errors == [{"error_code": "OUTPUT_REFUSED", "detail": None}]
-    assert scalar(clean_db, "SELECT count(*) FROM notifications WHERE event = 'failed'") == 1
+    assert (
+        scalar(clean_db, "SELECT count(*) FROM notifications WHERE event = 'failed'")
+        == 1
+    )
 
 
-def test_update_content_and_state__rejects_a_non_final_state(conn: psycopg.Connection) -> None:
+def test_update_content_and_state__rejects_a_non_final_state(
+    conn: psycopg.Connection,
+) -> None:
     with pytest.raises(ValueError, match="final state"):
-        update_content_and_state(conn, "00000000-0000-0000-0000-000000000000", "x", state="processing")
+        update_content_and_state(
+            conn, "00000000-0000-0000-0000-000000000000", "x", state="processing"
+        )

@@ -12,7 +12,9 @@ from tests.support.processes import query, scalar
 def test_upgrade_from_pre_async__existing_rows_read_as_success(empty_db: str) -> None:
     migrate(empty_db, "0001_pre_async")
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute("INSERT INTO tasks (id, name, transcript) VALUES ('t1', 'old', 'A: hi')")
+        conn.execute(
+            "INSERT INTO tasks (id, name, transcript) VALUES ('t1', 'old', 'A: hi')"
+        )
         conn.execute(
             "INSERT INTO generated_artifacts (task_id, artifact_type, version, content) "
             "SELECT 't1', 'meeting_minutes', v, jsonb_build_object('text', 'minutes v' || v) "
@@ -33,14 +35,18 @@ def test_upgrade_from_pre_async__existing_rows_read_as_success(empty_db: str) ->
         (3, "success", "minutes v3", 0, None, True),
     ]
     # Upgraded rows are finished, so no worker claims them.
-    claimable = scalar(empty_db, "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'")
+    claimable = scalar(
+        empty_db, "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'"
+    )
     assert claimable == 0
 
 
 def test_upgrade__plain_insert_with_two_columns_enqueues_work(empty_db: str) -> None:
     migrate(empty_db)
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        conn.execute("INSERT INTO tasks (id, name, transcript) VALUES ('t1', 'n', 'A: hi')")
+        conn.execute(
+            "INSERT INTO tasks (id, name, transcript) VALUES ('t1', 'n', 'A: hi')"
+        )
         conn.execute(
             "INSERT INTO generated_artifacts (task_id, artifact_type, state) "
             "VALUES ('t1', 'summary', 'processing'), ('t1', 'summary', 'processing')"
@@ -61,7 +67,9 @@ def test_upgrade__insert_of_processing_row_notifies_listeners(empty_db: str) -> 
     with psycopg.connect(empty_db, autocommit=True) as listener:
         listener.execute("LISTEN artifactd_new")
         with psycopg.connect(empty_db, autocommit=True) as conn:
-            conn.execute("INSERT INTO tasks (id, name, transcript) VALUES ('t1', 'n', 'x')")
+            conn.execute(
+                "INSERT INTO tasks (id, name, transcript) VALUES ('t1', 'n', 'x')"
+            )
             conn.execute(
                 "INSERT INTO generated_artifacts (task_id, artifact_type, state) "
                 "VALUES ('t1', 'summary', 'processing')"
@@ -94,7 +102,9 @@ def test_migrate__is_idempotent(empty_db: str) -> None:
     assert before == after == head_revision()
 
 
-@pytest.mark.parametrize("column", ["state", "lease_token", "run_after", "idempotency_key"])
+@pytest.mark.parametrize(
+    "column", ["state", "lease_token", "run_after", "idempotency_key"]
+)
 def test_head__has_queue_columns(db_url: str, column: str) -> None:
     found = scalar(
         db_url,

@@ -25,7 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_until(
-    condition: Callable[[], T], *, timeout_s: float = 30.0, interval_s: float = 0.05, message: str = ""
+    condition: Callable[[], T],
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.05,
+    message: str = "",
 ) -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -34,7 +38,9 @@ def wait_until(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {message or condition}")
+            raise AssertionError(
+                f"timed out after {timeout_s}s waiting for {message or condition}"
+            )
         time.sleep(interval_s)
 
 
@@ -49,7 +55,11 @@ def scalar(url: str, sql: str, params: Any = None) -> Any:
 
 
 def base_env(db_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARTIFACTD_", "ANTHROPIC_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ARTIFACTD_", "ANTHROPIC_"))
+    }
     env.update(
         ARTIFACTD_DATABASE_URL=db_url,
         ARTIFACTD_LOG_FORMAT="json",
@@ -99,9 +109,14 @@ class WorkerProcess:
 
 
 @contextmanager
-def workers(db_url: str, tmp_path: Path, count: int, *args: str, **env: str) -> Iterator[list[WorkerProcess]]:
+def workers(
+    db_url: str, tmp_path: Path, count: int, *args: str, **env: str
+) -> Iterator[list[WorkerProcess]]:
     """Start ``count`` workers; kill whatever is still running on exit."""
-    procs = [WorkerProcess(db_url, tmp_path / f"worker-{i}.log", *args, **env) for i in range(count)]
+    procs = [
+        WorkerProcess(db_url, tmp_path / f"worker-{i}.log", *args, **env)
+        for i in range(count)
+    ]
     try:
         yield procs
     finally:
@@ -111,20 +126,34 @@ def workers(db_url: str, tmp_path: Path, count: int, *args: str, **env: str) -> 
             proc.kill()
 
 
-def seed(url: str, count: int, *, artifact_type: str = "meeting_minutes", transcript: str = "Alice: hello.\nBob: we will ship it.", **columns: Any) -> list[str]:
+def seed(
+    url: str,
+    count: int,
+    *,
+    artifact_type: str = "meeting_minutes",
+    transcript: str = "Alice: hello.\nBob: we will ship it.",
+    **columns: Any,
+) -> list[str]:
     """One task and ``count`` processing artifacts for it; returns artifact ids."""
     with psycopg.connect(url, autocommit=True) as conn:
         task_id = conn.execute(
-            "INSERT INTO tasks (name, transcript) VALUES ('seeded', %s) RETURNING id", (transcript,)
+            "INSERT INTO tasks (name, transcript) VALUES ('seeded', %s) RETURNING id",
+            (transcript,),
         ).fetchone()[0]
         names = ", ".join(columns)
         values = ", ".join(f"%({k})s" for k in columns)
         extra_cols = f", {names}" if columns else ""
         extra_vals = f", {values}" if columns else ""
         rows = conn.execute(
-            f"INSERT INTO generated_artifacts (task_id, artifact_type, state{extra_cols}) "  # noqa: S608 - column names are the test's own
+            # The column names are the calling test's own keyword arguments.
+            f"INSERT INTO generated_artifacts (task_id, artifact_type, state{extra_cols}) "  # noqa: S608
             f"SELECT %(task_id)s, %(artifact_type)s, 'processing'{extra_vals} FROM generate_series(1, %(count)s) "
             "RETURNING id::text",
-            {"task_id": task_id, "artifact_type": artifact_type, "count": count, **columns},
+            {
+                "task_id": task_id,
+                "artifact_type": artifact_type,
+                "count": count,
+                **columns,
+            },
         ).fetchall()
     return [r[0] for r in rows]

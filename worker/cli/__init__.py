@@ -24,7 +24,9 @@ _COMMAND_MODULES = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="artifactd")
 def main() -> None:
     """artifactd: LLM document generation as background work on PostgreSQL.

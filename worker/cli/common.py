@@ -86,7 +86,14 @@ _HELP = {
 }
 
 # Options every command takes: where the database is and how to log.
-BASE_SETTINGS = ("database_url", "data_dir", "locale", "types_dir", "log_format", "log_level")
+BASE_SETTINGS = (
+    "database_url",
+    "data_dir",
+    "locale",
+    "types_dir",
+    "log_format",
+    "log_level",
+)
 
 
 def settings_options(*names: str) -> Callable[[F], F]:
@@ -104,7 +111,10 @@ def settings_options(*names: str) -> Callable[[F], F]:
                 default=None,
                 help=_HELP.get(name, ""),
             )(func)
-            func.__artifactd_settings__ = (*getattr(func, "__artifactd_settings__", ()), name)  # type: ignore[attr-defined]
+            func.__artifactd_settings__ = (
+                *getattr(func, "__artifactd_settings__", ()),
+                name,
+            )  # type: ignore[attr-defined]
         return func
 
     return decorate
@@ -158,7 +168,10 @@ def handle_errors(func: F) -> F:
         except DatabaseError as exc:
             fail(str(exc), ExitCode.DATABASE_UNREACHABLE)
         except psycopg.OperationalError as exc:
-            fail(f"cannot reach PostgreSQL: {' '.join(str(exc).split())}", ExitCode.DATABASE_UNREACHABLE)
+            fail(
+                f"cannot reach PostgreSQL: {' '.join(str(exc).split())}",
+                ExitCode.DATABASE_UNREACHABLE,
+            )
         except InputError as exc:
             fail(str(exc), ExitCode.FAILURE)
         except ArtifactdError as exc:
@@ -185,7 +198,9 @@ def print_json(value: Any) -> None:
 
 
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print only JSON on standard output.")(func)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print only JSON on standard output."
+    )(func)
 
 
 def parse_duration_s(text: str) -> float:
@@ -198,7 +213,9 @@ def parse_duration_s(text: str) -> float:
         else:
             value = float(raw)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 2h or 30d") from None
+        raise click.BadParameter(
+            f"{text!r} is not a duration like 90s, 15m, 2h or 30d"
+        ) from None
     if value < 0:
         raise click.BadParameter(f"{text!r} is negative")
     return value

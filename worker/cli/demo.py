@@ -42,7 +42,12 @@ WHERE a.batch_id = %(batch_id)s
 ORDER BY a.created_at
 """
 
-MEETING_FILES = ("ami-ES2005a.json", "ami-IS1004a.json", "ami-TS3010a.json", "vcsum-samples.jsonl")
+MEETING_FILES = (
+    "ami-ES2005a.json",
+    "ami-IS1004a.json",
+    "ami-TS3010a.json",
+    "vcsum-samples.jsonl",
+)
 
 
 def bundled_meetings() -> list[Path]:
@@ -51,8 +56,16 @@ def bundled_meetings() -> list[Path]:
 
 
 @click.command("demo")
-@click.option("--type", "artifact_type", default="meeting_minutes", show_default=True, help="Artifact type to generate.")
-@settings_options("generator", "concurrency", "anthropic_api_key", "anthropic_base_url", "model")
+@click.option(
+    "--type",
+    "artifact_type",
+    default="meeting_minutes",
+    show_default=True,
+    help="Artifact type to generate.",
+)
+@settings_options(
+    "generator", "concurrency", "anthropic_api_key", "anthropic_base_url", "model"
+)
 @handle_errors
 def demo_command(artifact_type: str, **kwargs: Any) -> None:
     """Generate minutes for the bundled real meetings and show the results."""
@@ -64,14 +77,22 @@ def demo_command(artifact_type: str, **kwargs: Any) -> None:
     transcripts = [t for path in bundled_meetings() for t in read_transcripts(path)]
     batch_id = str(uuid.uuid4())
     with rt.connect() as conn:
-        enqueued = enqueue_transcripts(conn, transcripts, artifact_type, batch_id=batch_id)
-    where = "embedded PostgreSQL in " + str(rt.settings.data_dir) if rt.embedded else "ARTIFACTD_DATABASE_URL"
+        enqueued = enqueue_transcripts(
+            conn, transcripts, artifact_type, batch_id=batch_id
+        )
+    where = (
+        "embedded PostgreSQL in " + str(rt.settings.data_dir)
+        if rt.embedded
+        else "ARTIFACTD_DATABASE_URL"
+    )
     console.print(
         f"Enqueued {len(enqueued)} real meetings ({artifact_type}) on the {where}; "
         f"generator: [bold]{rt.settings.resolved_generator}[/bold]"
     )
 
-    rows = asyncio.run(_run_until_done(rt.settings, rt.url, batch_id, len(enqueued), console))
+    rows = asyncio.run(
+        _run_until_done(rt.settings, rt.url, batch_id, len(enqueued), console)
+    )
 
     table = Table(title="artifactd demo: results")
     table.add_column("artifact", no_wrap=True, min_width=8)
@@ -82,21 +103,35 @@ def demo_command(artifact_type: str, **kwargs: Any) -> None:
     table.add_column("first key point", overflow="ellipsis", no_wrap=True, max_width=22)
     for row in rows:
         table.add_row(
-            row["id"][:8], row["name"][:24], row["language"] or "", _state(row["state"]),
+            row["id"][:8],
+            row["name"][:24],
+            row["language"] or "",
+            _state(row["state"]),
             f"{row['duration_ms']:.0f}" if row["duration_ms"] is not None else "",
             _preview(row["content"] or {}),
         )
     console.print(table)
     ok = sum(1 for row in rows if row["state"] == "success")
-    console.print(f"{ok} of {len(rows)} succeeded. Read one in full with:  artifactd show {rows[0]['id']}")
-    console.print("[dim]Meetings: AMI Meeting Corpus (CC BY 4.0) via QMSum (MIT); VCSum (MIT), for demonstration.[/dim]")
+    console.print(
+        f"{ok} of {len(rows)} succeeded. Read one in full with:  artifactd show {rows[0]['id']}"
+    )
+    console.print(
+        "[dim]Meetings: AMI Meeting Corpus (CC BY 4.0) via QMSum (MIT); "
+        "VCSum (MIT), for demonstration.[/dim]"
+    )
     if ok != len(rows):
         raise SystemExit(int(ExitCode.FAILURE))
 
 
-async def _run_until_done(settings: Any, url: str, batch_id: str, total: int, console: Console) -> list[dict]:
+async def _run_until_done(
+    settings: Any, url: str, batch_id: str, total: int, console: Console
+) -> list[dict]:
     progress = Progress(
-        TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("generating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
     )
     bar = progress.add_task("demo", total=total)
     rows: list[dict] = []

@@ -21,14 +21,36 @@ from worker.enqueue import enqueue_files
 
 @click.command("enqueue")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--type", "artifact_type", required=True, help="Artifact type, e.g. meeting_minutes.")
-@click.option("--repeat", type=click.IntRange(1, 100_000), default=1, show_default=True, help="Artifacts per transcript.")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher is claimed first.")
+@click.option(
+    "--type",
+    "artifact_type",
+    required=True,
+    help="Artifact type, e.g. meeting_minutes.",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 100_000),
+    default=1,
+    show_default=True,
+    help="Artifacts per transcript.",
+)
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Higher is claimed first.",
+)
 @settings_options("max_attempts")
 @json_option
 @handle_errors
 def enqueue_command(
-    files: tuple[Path, ...], artifact_type: str, repeat: int, priority: int, as_json: bool, **kwargs: Any
+    files: tuple[Path, ...],
+    artifact_type: str,
+    repeat: int,
+    priority: int,
+    as_json: bool,
+    **kwargs: Any,
 ) -> None:
     """Enqueue transcripts: plain text, QMSum JSON, VCSum JSONL, WebVTT or SRT.
 
@@ -45,16 +67,27 @@ def enqueue_command(
     rt.ensure_schema()
     with rt.connect() as conn:
         enqueued, errors = enqueue_files(
-            conn, list(files), artifact_type, repeat=repeat, priority=priority,
+            conn,
+            list(files),
+            artifact_type,
+            repeat=repeat,
+            priority=priority,
             max_attempts=rt.settings.max_attempts,
         )
     for error in errors:
-        click.echo(f"artifactd: error: {error.path}: {error.reason} (nothing enqueued for it)", err=True)
+        click.echo(
+            f"artifactd: error: {error.path}: {error.reason} (nothing enqueued for it)",
+            err=True,
+        )
     if as_json:
-        print_json([{"task_id": e.task_id, "artifact_id": e.artifact_id} for e in enqueued])
+        print_json(
+            [{"task_id": e.task_id, "artifact_id": e.artifact_id} for e in enqueued]
+        )
     else:
         tasks = len({e.task_id for e in enqueued})
-        click.echo(f"enqueued {len(enqueued)} artifact(s) of type {artifact_type} for {tasks} task(s)")
+        click.echo(
+            f"enqueued {len(enqueued)} artifact(s) of type {artifact_type} for {tasks} task(s)"
+        )
     if errors:
         raise SystemExit(int(ExitCode.FAILURE))
 

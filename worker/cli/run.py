@@ -44,7 +44,11 @@ WORKER_SETTINGS = (
 
 
 @click.command("run")
-@click.option("--drain", is_flag=True, help="Exit 0 once no artifact is left in processing anywhere.")
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="Exit 0 once no artifact is left in processing anywhere.",
+)
 @settings_options(*WORKER_SETTINGS)
 @handle_errors
 def run_command(drain: bool, **kwargs: Any) -> None:
