@@ -115,13 +115,13 @@ WITH input AS (
         updated_at = now()
     FROM input i
     WHERE a.id = i.id AND a.lease_token = i.token AND a.state = 'processing'
-    RETURNING a.id, a.state
+    RETURNING a.id, a.state, i.token
 ), outbox AS (
     INSERT INTO notifications (artifact_id, event, channel)
     SELECT f.id, f.state, ch.channel
     FROM finished f CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
 )
-SELECT id::text FROM finished
+SELECT id::text, token::text FROM finished
 """
 
 FINISH_ARTIFACTS = _FINISH.replace(
@@ -158,7 +158,7 @@ SET lease_owner = NULL,
 FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(delays_s)s::float8[],
             %(errors)s::jsonb[]) AS i(id, token, delay_s, error)
 WHERE a.id = i.id AND a.lease_token = i.token AND a.state = 'processing'
-RETURNING a.id::text
+RETURNING a.id::text, i.token::text
 """
 
 # Shutdown: hand unfinished rows back at once. The attempt is not counted

@@ -169,40 +169,55 @@ class Completer:
                 return
         for outcome in batch:
             if not outcome.written.done():
-                outcome.written.set_result(outcome.artifact_id in written)
+                outcome.written.set_result(
+                    (outcome.artifact_id, outcome.lease_token) in written
+                )
 
     async def _execute(
         self, finishes: list[Finish], releases: list[Release]
-    ) -> set[str]:
-        written: set[str] = set()
+    ) -> set[tuple[str, str]]:
         async with self._pool.connection() as conn:
+            # Both kinds in one batch commit together: were the first to commit
+            # and the second to fail, the retry would find the first one's
+            # tokens gone and report written outcomes as refused.
+            if finishes and releases:
+                async with conn.transaction():
+                    return await self._finish(conn, finishes) | await self._release(
+                        conn, releases
+                    )
             if finishes:
-                # One JSON document for the whole batch (see FINISH_ARTIFACTS_JSON).
-                batch = [
-                    {
-                        "id": f.artifact_id,
-                        "token": f.lease_token,
-                        "state": f.state,
-                        "content": f.content,
-                        "metadata": f.metadata,
-                        "error": f.error or None,
-                    }
-                    for f in finishes
-                ]
-                cur = await conn.execute(
-                    queue.FINISH_ARTIFACTS_JSON,
-                    {"batch": json.dumps(batch), "channels": self._channels},
-                )
-                written.update(row[0] for row in await cur.fetchall())
-            if releases:
-                cur = await conn.execute(
-                    queue.RELEASE_FOR_RETRY,
-                    {
-                        "ids": [r.artifact_id for r in releases],
-                        "tokens": [r.lease_token for r in releases],
-                        "delays_s": [r.delay_s for r in releases],
-                        "errors": [json.dumps(r.error) for r in releases],
-                    },
-                )
-                written.update(row[0] for row in await cur.fetchall())
-        return written
+                return await self._finish(conn, finishes)
+            return await self._release(conn, releases)
+
+    async def _finish(self, conn: Any, finishes: list[Finish]) -> set[tuple[str, str]]:
+        # One JSON document for the whole batch (see FINISH_ARTIFACTS_JSON).
+        batch = [
+            {
+                "id": f.artifact_id,
+                "token": f.lease_token,
+                "state": f.state,
+                "content": f.content,
+                "metadata": f.metadata,
+                "error": f.error or None,
+            }
+            for f in finishes
+        ]
+        cur = await conn.execute(
+            queue.FINISH_ARTIFACTS_JSON,
+            {"batch": json.dumps(batch), "channels": self._channels},
+        )
+        return {(row[0], row[1]) for row in await cur.fetchall()}
+
+    async def _release(
+        self, conn: Any, releases: list[Release]
+    ) -> set[tuple[str, str]]:
+        cur = await conn.execute(
+            queue.RELEASE_FOR_RETRY,
+            {
+                "ids": [r.artifact_id for r in releases],
+                "tokens": [r.lease_token for r in releases],
+                "delays_s": [r.delay_s for r in releases],
+                "errors": [json.dumps(r.error) for r in releases],
+            },
+        )
+        return {(row[0], row[1]) for row in await cur.fetchall()}

@@ -7,6 +7,7 @@ worker is made of is decided in one place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,6 +78,27 @@ def pool_size(concurrency: int) -> int:
     # Claims, completions, renewals and progress share the pool; jobs never
     # hold a connection while the LLM runs, so a few suffice at any concurrency.
     return max(2, min(4 + concurrency // 16, 10))
+
+
+# How long a stopping worker lets its notifier finish the sends in flight.
+NOTIFIER_STOP_S = 5.0
+
+
+async def _notifier_in_worker(notifier: Any) -> None:
+    """The notifier as one of the worker's loops, stopped gently.
+
+    The worker cancels its loops when it stops. Cancelling a send between the
+    robot's answer and the write that records it would send it again later,
+    so a cancel here asks the notifier to stop and waits a little for it.
+    """
+    task = asyncio.create_task(notifier.run(), name="notifier")
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        notifier.stop()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, NOTIFIER_STOP_S)
+        raise
 
 
 async def run_worker(
@@ -152,7 +174,7 @@ async def run_worker(
                 settings, pool, notifier_id=config.worker_id, artifact_types=types
             )
             if notifier is not None:
-                loop_factories.append(lambda _, n=notifier: n.run())
+                loop_factories.append(lambda _, n=notifier: _notifier_in_worker(n))
                 hooks.append(notifier.on_outcome)
         holder: list[Worker] = []
         loops = [(lambda f=f: f(holder[0])) for f in loop_factories]

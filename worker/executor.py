@@ -45,6 +45,10 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
     lost: bool = False
+    # Set once the outcome is with the completer: from then on the job only
+    # waits for its write, and a renewal that misses the row (because the
+    # write just committed) must not cancel it.
+    handed_over: bool = False
 
     @property
     def id(self) -> str:
@@ -191,6 +195,7 @@ class Executor:
                 "worker_id": self._worker_id,
             }
         )
+        job.handed_over = True
         written = await self._completer.finish(
             Finish(
                 job.id, job.token, "success", storable(result.content()), metadata, None
@@ -222,6 +227,7 @@ class Executor:
         }
         if exc.retryable and row.attempts < row.max_attempts:
             delay_s = retry_delay_s(row.attempts, exc.retry_after_s)
+            job.handed_over = True
             written = await self._completer.release(
                 Release(job.id, job.token, delay_s, error)
             )
@@ -236,6 +242,7 @@ class Executor:
             return Outcome("retry", exc.code.value, written)
 
         content = error_content(exc.code, self._locale, detail)
+        job.handed_over = True
         written = await self._completer.finish(
             Finish(
                 job.id,

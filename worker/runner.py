@@ -250,6 +250,14 @@ class Worker:
 
     def _start(self, row: ClaimedRow) -> None:
         job = Job(row)
+        previous = self._jobs.get(row.id)
+        if previous is not None:
+            # We claimed our own row again: its lease expired while our
+            # renewals could not reach the database. The old job's token is
+            # dead, so stop it rather than call the model twice for one row.
+            previous.lost = True
+            if previous.task is not None:
+                previous.task.cancel()
         self._jobs[row.id] = job
         self.stats.claimed += 1
         job.task = asyncio.create_task(self._run_job(job), name=f"job:{row.id}")
@@ -277,8 +285,10 @@ class Worker:
                 )
             return
         finally:
-            self._jobs.pop(job.id, None)
-            self._progress.forget(job.id)
+            # Only our own entry: a newer claim of the same row may own it now.
+            if self._jobs.get(job.id) is job:
+                del self._jobs[job.id]
+                self._progress.forget(job.id)
             self._wake.set()
         self._count(outcome)
         for hook in self._on_outcome:
@@ -300,7 +310,17 @@ class Worker:
         interval_s = self.config.lease_s / 3
         while True:
             await asyncio.sleep(interval_s)
-            await self.renew_leases()
+            try:
+                await self.renew_leases()
+            except Exception as exc:
+                # A loop that dies quietly would let every lease lapse while
+                # the claim loop keeps claiming: log and beat again.
+                log.error(
+                    "heartbeat.crashed",
+                    error=repr(exc),
+                    action="retry next beat",
+                    exc_info=True,
+                )
 
     async def renew_leases(self) -> None:
         """Renew every lease held here in one statement; stop jobs that lost theirs."""
@@ -326,7 +346,9 @@ class Worker:
             )
             return
         for job in jobs:
-            if job.id not in renewed and job.id in self._jobs:
+            if job.handed_over:
+                continue  # its write is in flight or just committed
+            if job.id not in renewed and self._jobs.get(job.id) is job:
                 job.lost = True
                 if job.task is not None:
                     job.task.cancel()
@@ -359,6 +381,13 @@ class Worker:
             except DB_ERRORS as exc:
                 log.warning(
                     "rescuer.failed", error=_one_line(exc), action="retry next round"
+                )
+            except Exception as exc:
+                log.error(
+                    "rescuer.crashed",
+                    error=repr(exc),
+                    action="retry next round",
+                    exc_info=True,
                 )
             await asyncio.sleep(interval_s)
 
