@@ -176,6 +176,10 @@ class Worker:
     def _on_notify(self, channel: str, payload: str) -> None:
         self._wake.set()
 
+    @property
+    def _claim_limit(self) -> int:
+        return max(1, (self.config.concurrency + 1) // 2)
+
     async def _claim_loop(self) -> None:
         db_backoff_s = 0.2
         while not self._stopping.is_set():
@@ -195,7 +199,11 @@ class Worker:
                 continue
 
             try:
-                rows = await self._claimer.claim_batch(free)
+                # At most half the slots per claim: the claim for the other
+                # half is then in flight while the jobs just started run, so
+                # a busy worker overlaps its claims' round trips with work
+                # instead of idling through each one.
+                rows = await self._claimer.claim_batch(min(free, self._claim_limit))
             except DB_ERRORS as exc:
                 log.warning(
                     "claim.failed", error=_one_line(exc), retry_in_s=db_backoff_s

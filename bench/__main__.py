@@ -1,0 +1,168 @@
+"""``python -m bench throughput|latency|llm|scale|memory [--json]``.
+
+Each command starts what it needs, prints a table (or, with ``--json``, one
+JSON object and nothing else on standard output) and exits 0; a benchmark
+that could not run exits 1 with the reason on standard error. Whether a goal
+was met is in the output, not the exit code: on a shared machine a missed
+goal is a number to look at, not a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from bench import report
+from bench.process import BenchError
+from bench.server import bench_server, machine
+
+
+def _command(name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> None:
+    as_json = kwargs.pop("as_json")
+    try:
+        with bench_server() as admin_url:
+            before = machine(admin_url)
+            started = time.monotonic()
+            result = run(admin_url, **kwargs)
+            result["elapsed_s"] = round(time.monotonic() - started, 1)
+            result["machine"] = before
+            result["machine"]["load_average_after"] = list(
+                machine(admin_url)["load_average"]
+            )
+    except BenchError as exc:
+        click.echo(f"bench {name}: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result, default=str))
+    else:
+        report.show(result)
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object only."
+)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+def main() -> None:
+    """Benchmarks of artifactd's queue (see bench/README.md)."""
+
+
+@main.command()
+@click.option("--jobs", default=5000, show_default=True, help="Jobs per queue.")
+@click.option(
+    "--concurrency",
+    default=50,
+    show_default=True,
+    help="Worker concurrency (PgQueuer: batch size).",
+)
+@click.option(
+    "--rounds", default=3, show_default=True, help="Runs per queue; the median counts."
+)
+@click.option(
+    "--only",
+    "systems",
+    multiple=True,
+    type=click.Choice(["artifactd", "procrastinate", "pgqueuer", "pgqueuer-asyncpg"]),
+    help="Run only these queues (repeatable). Default: every one installed.",
+)
+@json_option
+def throughput(systems: tuple[str, ...], **kwargs: Any) -> None:
+    """Jobs/s of one worker process: artifactd beside Procrastinate and PgQueuer."""
+    from bench import throughput as bench
+
+    _command("throughput", bench.run, systems=systems or None, **kwargs)
+
+
+@main.command()
+@click.option(
+    "--samples",
+    default=200,
+    show_default=True,
+    help="Pickups measured with LISTEN/NOTIFY.",
+)
+@click.option(
+    "--poll-samples",
+    default=20,
+    show_default=True,
+    help="Pickups measured polling (0: skip).",
+)
+@click.option(
+    "--poll-interval-s",
+    type=float,
+    default=None,
+    help="ARTIFACTD_POLL_INTERVAL_S for both workers (default: the worker's own).",
+)
+@json_option
+def latency(**kwargs: Any) -> None:
+    """Insert commit to job start with an idle worker, LISTEN/NOTIFY on and off."""
+    from bench import latency as bench
+
+    _command("latency", bench.run, **kwargs)
+
+
+@main.command()
+@click.option("--jobs", default=320, show_default=True, help="Artifacts to generate.")
+@click.option(
+    "--latency-s",
+    default=0.2,
+    show_default=True,
+    help="Seconds the fake model takes per answer.",
+)
+@click.option("--workers", default=4, show_default=True, help="Worker processes.")
+@click.option("--concurrency", default=8, show_default=True, help="Slots per worker.")
+@click.option(
+    "--fleet-cap", default=16, show_default=True, help="ARTIFACTD_FLEET_CONCURRENCY."
+)
+@json_option
+def llm(**kwargs: Any) -> None:
+    """Several workers, a fake model with fixed latency, a fleet cap."""
+    from bench import llm as bench
+
+    _command("llm", bench.run, **kwargs)
+
+
+@main.command()
+@click.option(
+    "--finished", default=1_000_000, show_default=True, help="Finished rows added."
+)
+@click.option(
+    "--claims", default=200, show_default=True, help="Claims timed per round and kind."
+)
+@click.option("--batch", default=10, show_default=True, help="Rows per claim.")
+@click.option("--rounds", default=3, show_default=True, help="Rounds per phase.")
+@json_option
+def scale(**kwargs: Any) -> None:
+    """Claim time with no finished rows and with a million."""
+    from bench import scale as bench
+
+    _command("scale", bench.run, **kwargs)
+
+
+@main.command()
+@click.option(
+    "--streams", default=64, show_default=True, help="Streamed calls in flight at once."
+)
+@click.option(
+    "--stream-s",
+    default=10.0,
+    show_default=True,
+    help="Seconds each answer streams for.",
+)
+@json_option
+def memory(**kwargs: Any) -> None:
+    """Worker RSS with 64 streamed calls in flight."""
+    from bench import memory as bench
+
+    _command("memory", bench.run, **kwargs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Subprocesses for benchmarks: artifactd workers and the other queues' workers.
+
+Each runs as ``python -m ...`` from the repository root with its output in a
+log file, so a benchmark measures a process a user would run, and a failure
+leaves something to read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run as set up (a process failed, a wait timed out)."""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any artifactd or Anthropic setting, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ARTIFACTD_", "ANTHROPIC_"))
+    }
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def worker_env(db_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an artifactd worker on ``db_url``."""
+    return clean_env(
+        ARTIFACTD_DATABASE_URL=db_url, ARTIFACTD_LOG_FORMAT="json", **extra
+    )
+
+
+class Process:
+    """A ``python -m <module> <args>`` subprocess logging to ``log_path``."""
+
+    def __init__(
+        self, module: str, args: list[str], env: dict[str, str], log_path: Path
+    ) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait() and stop()
+        self.started = time.monotonic()
+        self.cpu_s: float | None = None
+        self.elapsed_s: float | None = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return not self._reap()
+
+    def _reap(self) -> bool:
+        """Reap the process if it has exited; True once it has.
+
+        Reaping here (``os.wait4``), not through Popen, keeps its resource
+        usage: ``cpu_s`` is the CPU time it used, user and system.
+        """
+        if self.proc.returncode is not None:
+            return True
+        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+        if not pid:
+            return False
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
+        self.elapsed_s = time.monotonic() - self.started
+        self._log.close()
+        return True
+
+    def _reap_within(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self._reap():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def wait(self, timeout_s: float) -> float:
+        """Wait for a clean exit; returns seconds since start. Raises BenchError."""
+        if not self._reap_within(timeout_s):
+            self.stop()
+            raise BenchError(
+                f"{self.log_path.name}: still running after {timeout_s:g}s"
+            )
+        if self.proc.returncode != 0:
+            raise BenchError(
+                f"{self.log_path.name}: exit code {self.proc.returncode}\n{self.tail()}"
+            )
+        assert self.elapsed_s is not None
+        return self.elapsed_s
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL if it does not go in time."""
+        if not self._reap():
+            self.proc.send_signal(signal.SIGTERM)
+            if not self._reap_within(timeout_s):
+                self.proc.kill()
+                self._reap_within(30.0)
+        self._log.close()
+
+    def tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class CpuClock:
+    """Samples a process's CPU time against the wall clock until it exits.
+
+    ``cpu_between`` then gives the CPU it used over a stretch of wall time,
+    such as the drain window read from the database: a busy machine slows the
+    clock, but hardly the CPU each job costs. Only meaningful when the
+    database server shares this machine's clock.
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
+        self._samples: list[tuple[float, float]] = []
+        self._process = psutil.Process(pid)
+        self._interval_s = interval_s
+        self._thread = threading.Thread(target=self._run, name="cpu-clock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                times = self._process.cpu_times()
+            except psutil.Error:  # gone, or a zombie waiting to be reaped
+                return
+            self._samples.append((time.time(), times.user + times.system))
+            time.sleep(self._interval_s)
+
+    def cpu_between(self, start: float, end: float) -> float | None:
+        """CPU seconds used from ``start`` to ``end`` (epoch seconds), if sampled."""
+        self._thread.join(timeout=5)
+        if (
+            not self._samples
+            or start < self._samples[0][0]
+            or end > self._samples[-1][0]
+        ):
+            return None
+        return self._at(end) - self._at(start)
+
+    def _at(self, when: float) -> float:
+        samples = self._samples
+        for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
+            if t0 <= when <= t1:
+                return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+        return samples[-1][1]
+
+
+def worker(db_url: str, log_path: Path, *args: str, **env: str) -> Process:
+    """An artifactd worker: ``python -m worker run <args>``."""
+    return Process("worker", ["run", *args], worker_env(db_url, **env), log_path)
+
+
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    what: str = "",
+) -> T:
+    """Poll ``condition`` until it is truthy; BenchError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"timed out after {timeout_s:g}s waiting for {what or condition}"
+            )
+        time.sleep(interval_s)

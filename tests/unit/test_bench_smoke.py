@@ -1,0 +1,137 @@
+"""Each benchmark, run tiny: the JSON has its shape and the counts add up.
+
+No timing is asserted: these runs only prove the benchmarks work end to
+end (databases made and dropped, workers started and stopped, tables
+rendered), so the numbers in bench/README.md can be reproduced.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from bench import latency, llm, report, scale, throughput
+from bench.server import URL_ENV, machine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def _renders(result: dict[str, Any], admin_url: str) -> str:
+    """The readable table of ``result``, as ``python -m bench`` prints it."""
+    result = {
+        **result,
+        "elapsed_s": 0.0,
+        "machine": {**machine(admin_url), "load_average_after": [0.0, 0.0, 0.0]},
+    }
+    out = io.StringIO()
+    report.show(result, Console(file=out, width=160))
+    return out.getvalue()
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# The other queues come with the ``bench`` extra; without it the run still
+# covers artifactd's side.
+RIVALS = tuple(name for name in ("procrastinate", "pgqueuer") if _installed(name))
+
+
+def test_throughput__drains_every_job_for_each_queue(pg_admin_url: str) -> None:
+    systems = ("artifactd", *RIVALS)
+
+    result = throughput.run(
+        pg_admin_url, jobs=30, concurrency=5, rounds=1, systems=systems
+    )
+
+    assert result["benchmark"] == "throughput"
+    assert set(result["results"]) == set(systems)
+    for name, r in result["results"].items():
+        assert r["completed"] == 30, name
+        assert r["jobs_per_s"] > 0 and r["drain_s"] > 0
+        assert r["worker_cpu_ms_per_job"] is None or r["worker_cpu_ms_per_job"] >= 0
+        assert len(r["jobs_per_s_each"]) == 1
+    assert set(result["ratios"]) == set(RIVALS)
+    assert "artifactd" in _renders(result, pg_admin_url)
+
+
+def test_latency__measures_every_pickup_with_and_without_notify(
+    pg_admin_url: str,
+) -> None:
+    result = latency.run(pg_admin_url, samples=4, poll_samples=2, poll_interval_s=0.2)
+
+    assert result["benchmark"] == "latency"
+    assert result["results"]["notify"]["samples"] == 4
+    assert result["results"]["poll"]["samples"] == 2
+    for r in result["results"].values():
+        assert 0 <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert "LISTEN/NOTIFY" in _renders(result, pg_admin_url)
+
+
+def test_llm__generates_every_artifact_within_the_fleet_cap(pg_admin_url: str) -> None:
+    result = llm.run(
+        pg_admin_url, jobs=8, latency_s=0.05, workers=2, concurrency=2, fleet_cap=3
+    )
+
+    r = result["results"]
+    assert r["succeeded"] == 8 and r["failed"] == 0
+    assert r["requests"] == 8
+    assert 1 <= r["max_in_flight"] <= 3
+    assert r["ideal_s"] == pytest.approx(8 * 0.05 / 3, abs=1e-3)
+    assert r["ratio_to_ideal"] > 0
+    assert "cap 3" in _renders(result, pg_admin_url)
+
+
+def test_scale__times_every_claim_in_both_phases(pg_admin_url: str) -> None:
+    result = scale.run(pg_admin_url, finished=300, claims=4, batch=2, rounds=2)
+
+    assert result["table_rows"] == 300 + 2 * 2 * 4 * 2
+    for phase in ("empty", "finished"):
+        for kind in ("claim", "capped_claim"):
+            assert result["results"][phase][kind]["claims"] == 8
+    assert set(result["ratios"]) == {"claim", "capped_claim"}
+    assert "fleet-capped" in _renders(result, pg_admin_url)
+
+
+def test_memory__json_from_the_command_line_adds_up(pg_admin_url: str) -> None:
+    env = {**os.environ, URL_ENV: pg_admin_url}
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "memory",
+            "--json",
+            "--streams",
+            "4",
+            "--stream-s",
+            "1.5",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+
+    result = json.loads(done.stdout)  # one JSON object and nothing else
+    r = result["results"]
+    assert result["benchmark"] == "memory"
+    assert r["succeeded"] == 4 and r["max_in_flight"] == 4 and r["samples"] >= 1
+    assert 0 < r["idle_rss_mb"] and 0 < r["peak_rss_mb"]
+    assert result["machine"]["cpus"] >= 1
+    assert len(result["machine"]["load_average_after"]) == 3
+    assert "peak MB" in _renders(result, pg_admin_url)
