@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import psutil
+import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,29 +129,54 @@ class Process:
 
 
 class CpuClock:
-    """Samples a process's CPU time against the wall clock until it exits.
+    """Samples CPU time against the wall clock until stopped or the source ends.
 
-    ``cpu_between`` then gives the CPU it used over a stretch of wall time,
-    such as the drain window read from the database: a busy machine slows the
+    ``cpu_between`` then gives the CPU used over a stretch of wall time, such
+    as the drain window read from the database: a busy machine stretches the
     clock, but hardly the CPU each job costs. Only meaningful when the
-    database server shares this machine's clock.
+    database server shares this machine's clock. ``for_process`` follows one
+    process until it exits; ``for_database`` follows the server processes of
+    every session on one database (the server must run on this machine).
     """
 
-    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
+    def __init__(self, sample: Callable[[], float], interval_s: float = 0.01) -> None:
+        self._sample = sample
         self._samples: list[tuple[float, float]] = []
-        self._process = psutil.Process(pid)
         self._interval_s = interval_s
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-clock", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def for_process(cls, pid: int) -> CpuClock:
+        process = psutil.Process(pid)
+
+        def sample() -> float:
+            times = process.cpu_times()
+            return float(times.user + times.system)
+
+        return cls(sample)
+
+    @classmethod
+    def for_database(cls, url: str) -> CpuClock:
+        return cls(_BackendsCpu(url))
+
     def _run(self) -> None:
-        while True:
-            try:
-                times = self._process.cpu_times()
-            except psutil.Error:  # gone, or a zombie waiting to be reaped
-                return
-            self._samples.append((time.time(), times.user + times.system))
-            time.sleep(self._interval_s)
+        try:
+            while not self._stop.is_set():
+                try:
+                    cpu_s = self._sample()
+                except (psutil.Error, psycopg.Error):  # the source is gone
+                    return
+                self._samples.append((time.time(), cpu_s))
+                self._stop.wait(self._interval_s)
+        finally:
+            close = getattr(self._sample, "close", None)
+            if close is not None:
+                close()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def cpu_between(self, start: float, end: float) -> float | None:
         """CPU seconds used from ``start`` to ``end`` (epoch seconds), if sampled."""
@@ -169,6 +195,50 @@ class CpuClock:
             if t0 <= when <= t1:
                 return c0 if t1 == t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
         return samples[-1][1]
+
+
+class _BackendsCpu:
+    """CPU of the server processes of one database's sessions, summed.
+
+    Sessions come and go (a pool opens more); each one's last reading is
+    kept, so the total only grows. Its own session is left out.
+    """
+
+    REFRESH_S = 0.2
+
+    def __init__(self, url: str) -> None:
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._processes: dict[int, psutil.Process] = {}
+        self._last: dict[int, float] = {}
+        self._refreshed = 0.0
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if now - self._refreshed > self.REFRESH_S:
+            self._refreshed = now
+            rows = self._conn.execute(
+                """
+                SELECT pid FROM pg_stat_activity
+                WHERE datname = current_database() AND pid <> pg_backend_pid()
+                """
+            ).fetchall()
+            for (pid,) in rows:
+                if pid not in self._processes:
+                    try:
+                        self._processes[pid] = psutil.Process(pid)
+                    except psutil.Error:
+                        continue
+        for pid, process in list(self._processes.items()):
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                del self._processes[pid]  # ended: its last reading stays
+                continue
+            self._last[pid] = times.user + times.system
+        return sum(self._last.values())
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def worker(db_url: str, log_path: Path, *args: str, **env: str) -> Process:

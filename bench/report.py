@@ -47,7 +47,8 @@ def _throughput(result: dict[str, Any]) -> Table:
         "each round",
         "drain s",
         "wall s",
-        "CPU ms/job",
+        "worker CPU ms/job",
+        "db CPU ms/job",
         "artifactd ×",
     ):
         table.add_column(column, justify="left" if column == "queue" else "right")
@@ -61,6 +62,7 @@ def _throughput(result: dict[str, Any]) -> Table:
             f"{r['drain_s']:.2f}",
             f"{r['wall_s']:.2f}",
             _maybe(r["worker_cpu_ms_per_job"], "{:.3f}"),
+            _maybe(r["db_cpu_ms_per_job"], "{:.3f}"),
             f"{ratio:.2f}" if ratio is not None else "",
         )
     return table

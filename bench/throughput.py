@@ -27,6 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from bench import seed
 from bench.process import BenchError, CpuClock, Process, clean_env, worker
 from bench.server import fresh_database
@@ -102,7 +104,21 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "worker_cpu_ms_per_job": _median_or_none(
             [1000 * r["drain_cpu_s"] / r["completed"] for r in runs if r["drain_cpu_s"]]
         ),
+        # The same for the server processes of the queue's sessions (None when
+        # the server is not on this machine): the database's share of a job.
+        "db_cpu_ms_per_job": _median_or_none(
+            [1000 * r["db_cpu_s"] / r["completed"] for r in runs if r["db_cpu_s"]]
+        ),
     }
+
+
+def _clocks(proc: Process, url: str) -> tuple[CpuClock, CpuClock | None]:
+    """The worker's CPU clock, and its server sessions' when the server is local."""
+    try:
+        db_clock: CpuClock | None = CpuClock.for_database(url)
+    except psycopg.Error:
+        db_clock = None
+    return CpuClock.for_process(proc.pid), db_clock
 
 
 def _median_or_none(values: list[float]) -> float | None:
@@ -115,12 +131,17 @@ def _result(
     wall_s: float,
     proc: Process,
     clock: CpuClock,
+    db_clock: CpuClock | None,
 ) -> dict[str, Any]:
     first, last, completed = window
     if completed != jobs or first is None or last is None:
         raise BenchError(f"{completed} of {jobs} jobs completed")
     drain_s = max((last - first).total_seconds(), 1e-6)
     drain_cpu_s = clock.cpu_between(first.timestamp(), last.timestamp())
+    db_cpu_s = None
+    if db_clock is not None:
+        db_clock.stop()
+        db_cpu_s = db_clock.cpu_between(first.timestamp(), last.timestamp())
     return {
         "completed": completed,
         "drain_s": drain_s,
@@ -128,6 +149,7 @@ def _result(
         "jobs_per_s": completed / drain_s,
         "cpu_s": proc.cpu_s or 0.0,
         "drain_cpu_s": drain_cpu_s,
+        "db_cpu_s": db_cpu_s,
     }
 
 
@@ -145,9 +167,9 @@ def _artifactd(
             "--concurrency",
             str(concurrency),
         )
-        clock = CpuClock(proc.pid)
+        clocks = _clocks(proc, url)
         wall_s = proc.wait(timeout_s)
-        return _result(jobs, seed.drain_window(url), wall_s, proc, clock)
+        return _result(jobs, seed.drain_window(url), wall_s, proc, *clocks)
 
 
 def _procrastinate(
@@ -164,9 +186,9 @@ def _procrastinate(
             clean_env(),
             logs / "procrastinate.log",
         )
-        clock = CpuClock(proc.pid)
+        clocks = _clocks(proc, url)
         wall_s = proc.wait(timeout_s)
-        return _result(jobs, rival.drain_window(url), wall_s, proc, clock)
+        return _result(jobs, rival.drain_window(url), wall_s, proc, *clocks)
 
 
 def _pgqueuer(
@@ -188,9 +210,9 @@ def _pgqueuer(
             clean_env(),
             logs / f"pgqueuer-{driver}.log",
         )
-        clock = CpuClock(proc.pid)
+        clocks = _clocks(proc, url)
         wall_s = proc.wait(timeout_s)
-        return _result(jobs, rival.drain_window(url), wall_s, proc, clock)
+        return _result(jobs, rival.drain_window(url), wall_s, proc, *clocks)
 
 
 def _pgqueuer_asyncpg(
