@@ -2,7 +2,8 @@
 
 The worker is ``QueueManager.run(batch_size=N, mode=drain)`` on the driver
 named on the command line: psycopg (as artifactd) or asyncpg (which
-PgQueuer's own ``pgq`` CLI tries first). PgQueuer needs ``max_concurrent_tasks`` to be at least twice
+PgQueuer's own ``pgq`` CLI tries first). PgQueuer needs
+``max_concurrent_tasks`` to be at least twice
 the batch size, so it is left unset (unlimited) and the batch size is the
 concurrency knob. Its timing comes from ``pgqueuer_log``.
 """

@@ -146,8 +146,10 @@ def seed(
         extra_vals = f", {values}" if columns else ""
         rows = conn.execute(
             # The column names are the calling test's own keyword arguments.
-            f"INSERT INTO generated_artifacts (task_id, artifact_type, state{extra_cols}) "  # noqa: S608
-            f"SELECT %(task_id)s, %(artifact_type)s, 'processing'{extra_vals} FROM generate_series(1, %(count)s) "
+            "INSERT INTO generated_artifacts "  # noqa: S608
+            f"(task_id, artifact_type, state{extra_cols}) "
+            f"SELECT %(task_id)s, %(artifact_type)s, 'processing'{extra_vals} "
+            "FROM generate_series(1, %(count)s) "
             "RETURNING id::text",
             {
                 "task_id": task_id,
