@@ -37,6 +37,19 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared import queue
 from shared.artifact_types import ArtifactType, load_artifact_types
+from shared.queue import (
+    CLAIM_NOTIFICATIONS,
+    DEFER_NOTIFICATION,
+    FIND_DEAD_NOTIFICATIONS,
+    LOCK_RATE_KEY,
+    NEXT_NOTIFICATION_DUE,
+    RECORD_DEAD,
+    RECORD_RETRY,
+    RECORD_SENT,
+    RELEASE_NOTIFICATIONS,
+    RESERVE_RATE_SLOT,
+    RETRY_DEAD_NOTIFICATIONS,
+)
 from shared.settings import Settings
 from worker.channels import (
     Channel,
@@ -60,168 +73,6 @@ RATE_LOCK_CLASS = 72_450_193
 # Seconds a claim holds a row on top of two request timeouts: enough for the
 # rate reservation, the send and the write that records it.
 LOCK_MARGIN_S = 30.0
-
-# -- statements -----------------------------------------------------------------
-
-CLAIM_NOTIFICATIONS = """
-WITH due AS (
-    SELECT id
-    FROM notifications
-    WHERE state = 'pending'
-      AND next_attempt_at <= now()
-      AND (locked_until IS NULL OR locked_until < now())
-      AND channel = ANY(%(channels)s::text[])
-    ORDER BY next_attempt_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE notifications n
-    SET locked_by = %(notifier_id)s,
-        locked_until = now() + make_interval(secs => %(lock_s)s),
-        updated_at = now()
-    FROM due
-    WHERE n.id = due.id
-    RETURNING n.id, n.artifact_id, n.event, n.channel, n.attempts
-)
-SELECT c.id, c.artifact_id::text AS artifact_id, c.event, c.channel, c.attempts,
-       a.artifact_type, a.task_id,
-       coalesce(a.content->>'error_code',
-                a.metadata->'previous_failures'->-1->>'error_code') AS error_code,
-       t.name AS task_name, t.meeting_time, t.note_type
-FROM claimed c
-JOIN generated_artifacts a ON a.id = c.artifact_id
-LEFT JOIN tasks t ON t.id = a.task_id
-ORDER BY c.id
-"""
-
-# Both run in one transaction; the reservation is a statement of its own so
-# its snapshot sees every slot committed before the lock was granted.
-LOCK_RATE_KEY = "SELECT pg_advisory_xact_lock(%(lock_class)s, hashtext(%(rate_key)s))"
-
-RESERVE_RATE_SLOT = """
-WITH pruned AS (
-    DELETE FROM notification_rate
-    WHERE rate_key = %(rate_key)s
-      AND sent_at <= statement_timestamp() - make_interval(secs => %(window_s)s)
-), recent AS (
-    SELECT count(*) AS used, min(sent_at) AS oldest
-    FROM notification_rate
-    WHERE rate_key = %(rate_key)s
-      AND sent_at > statement_timestamp() - make_interval(secs => %(window_s)s)
-), reserved AS (
-    INSERT INTO notification_rate (rate_key, sent_at)
-    SELECT %(rate_key)s, statement_timestamp()
-    FROM recent
-    WHERE used < %(per_minute)s
-    RETURNING id
-)
-SELECT EXISTS (SELECT 1 FROM reserved) AS reserved,
-       greatest(extract(epoch FROM oldest + make_interval(secs => %(window_s)s)
-                                   - statement_timestamp()), 0)::float8 AS wait_s
-FROM recent
-"""
-
-# The robot's budget is spent: try again when its oldest slot leaves the
-# window. Not an attempt, so it does not count toward the cap.
-DEFER_NOTIFICATION = """
-UPDATE notifications
-SET next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-    locked_by = NULL,
-    locked_until = NULL,
-    updated_at = now()
-WHERE id = %(id)s AND locked_by = %(notifier_id)s AND state = 'pending'
-RETURNING id
-"""
-
-RECORD_SENT = """
-UPDATE notifications
-SET state = 'sent',
-    attempts = attempts + 1,
-    sent_at = now(),
-    locked_by = NULL,
-    locked_until = NULL,
-    updated_at = now()
-WHERE id = %(id)s AND locked_by = %(notifier_id)s AND state = 'pending'
-RETURNING state
-"""
-
-# A failed attempt: retried after delay_s, or dead once the cap is reached.
-RECORD_RETRY = """
-UPDATE notifications
-SET attempts = attempts + 1,
-    state = CASE WHEN attempts + 1 >= %(max_attempts)s THEN 'dead' ELSE 'pending' END,
-    next_attempt_at = now() + make_interval(secs => %(delay_s)s),
-    last_error = %(error)s,
-    locked_by = NULL,
-    locked_until = NULL,
-    updated_at = now()
-WHERE id = %(id)s AND locked_by = %(notifier_id)s AND state = 'pending'
-RETURNING state
-"""
-
-RECORD_DEAD = """
-UPDATE notifications
-SET state = 'dead',
-    attempts = attempts + 1,
-    last_error = %(error)s,
-    locked_by = NULL,
-    locked_until = NULL,
-    updated_at = now()
-WHERE id = %(id)s AND locked_by = %(notifier_id)s AND state = 'pending'
-RETURNING state
-"""
-
-# Claimed rows this notifier will not get to (it is stopping): free them now
-# instead of when their lock runs out.
-RELEASE_NOTIFICATIONS = """
-UPDATE notifications
-SET locked_by = NULL, locked_until = NULL, updated_at = now()
-WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(notifier_id)s AND state = 'pending'
-"""
-
-# Seconds until the next row of these channels is due, so an idle notifier
-# sleeps no longer than that.
-NEXT_NOTIFICATION_DUE = """
-SELECT greatest(extract(epoch FROM min(
-           greatest(next_attempt_at, coalesce(locked_until, next_attempt_at))
-       ) - now()), 0)::float8
-FROM notifications
-WHERE state = 'pending' AND channel = ANY(%(channels)s::text[])
-"""
-
-# Operator's retry: dead rows back to pending with a fresh attempt budget.
-# ``last_error`` stays as the record of why they died.
-RETRY_DEAD_NOTIFICATIONS = """
-WITH revived AS (
-    UPDATE notifications
-    SET state = 'pending',
-        attempts = 0,
-        next_attempt_at = now(),
-        locked_by = NULL,
-        locked_until = NULL,
-        updated_at = now()
-    WHERE state = 'dead'
-      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-      AND (%(artifact_id)s::uuid IS NULL OR artifact_id = %(artifact_id)s::uuid)
-      AND (%(channel)s::text IS NULL OR channel = %(channel)s)
-    RETURNING id, artifact_id, channel, last_error
-)
-SELECT id, artifact_id::text AS artifact_id, channel, last_error,
-       pg_notify('artifactd_outbox', '') AS notified
-FROM revived
-ORDER BY id
-"""
-
-FIND_DEAD_NOTIFICATIONS = """
-SELECT id, artifact_id::text AS artifact_id, channel, last_error
-FROM notifications
-WHERE state = 'dead'
-  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-  AND (%(artifact_id)s::uuid IS NULL OR artifact_id = %(artifact_id)s::uuid)
-  AND (%(channel)s::text IS NULL OR channel = %(channel)s)
-ORDER BY id
-"""
-
 
 # -- the loop -----------------------------------------------------------------
 
