@@ -1,8 +1,8 @@
 """One LISTEN connection per API process, fanned out to every open event stream.
 
-A trigger on ``generated_artifacts`` sends ``{"artifact_id", "state"}`` on
-channel ``artifactd_events`` whenever a row's state or ``metadata.progress``
-changes. ``EventHub`` holds the only listening connection and wakes the
+Every statement that changes rows' state or ``metadata.progress`` sends one
+NOTIFY on channel ``artifactd_events`` whose payload is a JSON array of
+``{"artifact_id", "state"}`` (a single object is accepted too). ``EventHub`` holds the only listening connection and wakes the
 streams subscribed to that artifact; a stream then reads the row itself, so
 a wake-up says only "look again" and several of them coalesce into one read.
 
@@ -92,12 +92,18 @@ class EventHub:
 
     def _dispatch(self, payload: str) -> None:
         try:
-            artifact_id = json.loads(payload)["artifact_id"]
+            changes = json.loads(payload)
+            if isinstance(
+                changes, dict
+            ):  # one change, as a hand-written NOTIFY may send
+                changes = [changes]
+            artifact_ids = [str(change["artifact_id"]) for change in changes]
         except (ValueError, KeyError, TypeError):
             log.warning("events.bad_payload", payload=payload[:200], action="ignored")
             return
-        for sub in self._subscribers.get(str(artifact_id), ()):
-            sub.wake()
+        for artifact_id in artifact_ids:
+            for sub in self._subscribers.get(artifact_id, ()):
+                sub.wake()
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection drops."""

@@ -80,16 +80,25 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-# The oldest row still waiting for a worker (no live lease), over the partial
-# index of processing rows.
+# The oldest row still waiting for a worker (no live lease): the oldest of
+# the unleased rows and of those whose lease expired, each over its own
+# partial index.
 OLDEST_WAITING = """
 SELECT a.id::text AS id, a.task_id, t.name AS task_name, a.artifact_type,
        a.attempts, a.max_attempts, a.created_at, a.run_after,
        extract(epoch FROM now() - a.created_at)::float8 AS age_s
-FROM generated_artifacts a
+FROM (
+    (SELECT id FROM generated_artifacts
+     WHERE state = 'processing' AND lease_token IS NULL
+     ORDER BY created_at LIMIT 1)
+    UNION ALL
+    (SELECT id FROM generated_artifacts
+     WHERE state = 'processing' AND lease_token IS NOT NULL
+       AND lease_expires_at < now()
+     ORDER BY created_at LIMIT 1)
+) w
+JOIN generated_artifacts a ON a.id = w.id
 LEFT JOIN tasks t ON t.id = a.task_id
-WHERE a.state = 'processing'
-  AND (a.lease_token IS NULL OR a.lease_expires_at < now())
 ORDER BY a.created_at
 LIMIT 1
 """

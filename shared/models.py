@@ -70,13 +70,19 @@ artifacts = sa.Table(
     sa.Column("lease_owner", sa.Text),
     sa.Column("lease_token", pg.UUID(as_uuid=False)),
     sa.Column("lease_expires_at", TS),
-    sa.Column("idempotency_key", sa.Text, unique=True),
+    sa.Column("idempotency_key", sa.Text),
     sa.Column("batch_id", pg.UUID(as_uuid=False)),
     sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
     sa.Column("started_at", TS),
     sa.Column("finished_at", TS),
     sa.UniqueConstraint("task_id", "artifact_type", "version"),
+    sa.Index(
+        "uq_generated_artifacts_idempotency_key",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 notifications = sa.Table(

@@ -9,7 +9,11 @@ async connections. Invariants the statements keep:
 - Final states insert their outbox rows in the same statement, so a
   notification exists exactly when the final state committed.
 - Claims take rows with ``FOR UPDATE SKIP LOCKED`` in claim order (priority,
-  then age) over the partial index of ``processing`` rows.
+  then age) over the partial index of waiting rows, plus any whose lease
+  expired over the partial index of leased rows.
+- A statement that changes rows' state or progress notifies listeners of
+  all of them in the same statement (``artifactd_events``); there is no
+  per-row trigger for it.
 """
 
 from __future__ import annotations
@@ -24,10 +28,27 @@ NEW_CHANNEL = "artifactd_new"
 EVENTS_CHANNEL = "artifactd_events"
 OUTBOX_CHANNEL = "artifactd_outbox"
 
-_CLAIMABLE = """
+# One NOTIFY on ``artifactd_events`` per statement that moves rows to a new
+# state or progress (not one per row: at commit each NOTIFY costs the server
+# a queue entry, and a trigger per row cost every update its condition). The
+# payload is a JSON array of ``{"artifact_id", "state"}``, split into chunks
+# that stay well under NOTIFY's 8,000-byte limit. Used as a CTE over the
+# statement's changed rows (columns ``id``, ``state``); a CTE that only
+# selects runs when read, so each statement reads it through ``count(*)``.
+_EVENTS_PER_NOTIFY = 80
+_EVENTS = f"""
+    SELECT pg_notify(
+        '{EVENTS_CHANNEL}',
+        json_agg(json_build_object('artifact_id', id, 'state', state))::text)
+    FROM (SELECT id, state, (row_number() OVER () - 1) / {_EVENTS_PER_NOTIFY} AS chunk
+          FROM {{rows}}) changed
+    GROUP BY chunk
+"""  # noqa: S608 - composed from this module's constants
+
+
+_READY = """
     state = 'processing'
     AND run_after <= now()
-    AND (lease_expires_at IS NULL OR lease_expires_at < now())
     AND attempts < max_attempts
     AND NOT EXISTS (
         SELECT 1 FROM queue_controls
@@ -35,17 +56,36 @@ _CLAIMABLE = """
     )
 """
 
-# The candidates CTE remembers who held an expired lease, so a takeover is
-# logged as one. The task is joined in the same round trip; a LEFT JOIN so a
-# missing task still claims the row and fails it with INPUT_NOT_FOUND.
+# Rows come from two partial indexes: ``waiting`` (no lease, the usual case,
+# in claim order over ix_generated_artifacts_claimable) and ``expired`` (a
+# worker died holding them, over ix_generated_artifacts_leased; almost always
+# empty). A claimed row leaves the claim index, so a claim never steps over
+# rows other claims hold. ``expired`` remembers who held the lease, so a
+# takeover is logged as one. The task is joined in the same round trip; a
+# LEFT JOIN so a missing task still claims the row and fails it with
+# INPUT_NOT_FOUND. ``{limit}`` is the most rows to claim.
 _CLAIM = f"""
-WITH candidates AS (
-    SELECT id, lease_owner AS lost_owner
+WITH expired AS (
+    SELECT id, lease_owner AS lost_owner, priority, created_at
     FROM generated_artifacts
-    WHERE {_CLAIMABLE}
-    ORDER BY priority DESC, created_at
-    LIMIT %(limit)s
+    WHERE {_READY}
+      AND lease_token IS NOT NULL AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT {{limit}}
     FOR UPDATE SKIP LOCKED
+), waiting AS (
+    SELECT id, NULL::text AS lost_owner, priority, created_at
+    FROM generated_artifacts
+    WHERE {_READY}
+      AND lease_token IS NULL
+    ORDER BY priority DESC, created_at
+    LIMIT {{limit}}
+    FOR UPDATE SKIP LOCKED
+), candidates AS (
+    SELECT id, lost_owner
+    FROM (SELECT * FROM expired UNION ALL SELECT * FROM waiting) c
+    ORDER BY priority DESC, created_at
+    LIMIT {{limit}}
 ), claimed AS (
     UPDATE generated_artifacts a
     SET lease_owner = %(worker_id)s,
@@ -68,20 +108,23 @@ LEFT JOIN tasks t ON t.id = c.task_id
 ORDER BY c.priority DESC, c.created_at
 """  # noqa: S608 - composed from this module's constants
 
-CLAIM_BATCH = _CLAIM
+CLAIM_BATCH = _CLAIM.replace("{limit}", "%(limit)s")
 
 LOCK_FLEET_CLAIMS = f"SELECT pg_advisory_xact_lock({FLEET_CLAIM_LOCK})"
 
 # Run after LOCK_FLEET_CLAIMS in the same transaction (a new statement, so a
 # new snapshot that sees every claim committed before the lock was granted).
-CLAIM_BATCH_CAPPED = _CLAIM.replace(
-    "LIMIT %(limit)s",
-    """LIMIT greatest(0, least(%(limit)s, %(fleet_cap)s - (
+# The budget is what the cap leaves after the live leases, counted over the
+# small index of leased rows.
+_BUDGET = """budget AS (
+    SELECT greatest(0, least(%(limit)s, %(fleet_cap)s - (
         SELECT count(*) FROM generated_artifacts
         WHERE state = 'processing' AND lease_token IS NOT NULL
           AND lease_expires_at > now()
-    )))""",
-    1,
+    ))) AS n
+), """
+CLAIM_BATCH_CAPPED = _CLAIM.replace("{limit}", "(SELECT n FROM budget)").replace(
+    "WITH expired AS", "WITH " + _BUDGET + "expired AS", 1
 )
 
 RENEW_LEASES = """
@@ -120,9 +163,10 @@ WITH input AS (
     INSERT INTO notifications (artifact_id, event, channel)
     SELECT f.id, f.state, ch.channel
     FROM finished f CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
-)
-SELECT id::text, token::text FROM finished
-"""
+), events AS ({events})
+SELECT f.id::text, f.token::text
+FROM finished f, (SELECT count(*) FROM events) notified
+""".replace("{events}", _EVENTS.replace("{rows}", "finished"))
 
 FINISH_ARTIFACTS = _FINISH.replace(
     "{input}",
@@ -184,18 +228,28 @@ UPDATE generated_artifacts
 SET metadata = jsonb_set(metadata, '{progress}', %(progress)s::jsonb),
     updated_at = now()
 WHERE id = %(id)s AND lease_token = %(token)s AND state = 'processing'
-RETURNING id::text
+RETURNING id::text, pg_notify(
+    'artifactd_events',
+    json_build_array(json_build_object('artifact_id', id, 'state', state))::text)
 """
 
 # Rows whose last lease expired with no attempts left: a worker died on them
 # max_attempts times. Fail them so one poison input cannot kill workers forever.
 FAIL_LOST_ARTIFACTS = """
 WITH lost AS (
-    SELECT id FROM generated_artifacts
-    WHERE state = 'processing'
+    SELECT id, created_at FROM generated_artifacts
+    WHERE state = 'processing' AND lease_token IS NOT NULL
       AND attempts >= max_attempts
-      AND (lease_expires_at IS NULL OR lease_expires_at < now())
-    ORDER BY created_at
+      AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), stranded AS (
+    -- No lease and no attempts left: only a hand edit of attempts or
+    -- max_attempts leaves a row so, but it would wait forever.
+    SELECT id, created_at FROM generated_artifacts
+    WHERE state = 'processing' AND lease_token IS NULL
+      AND attempts >= max_attempts
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), failed AS (
@@ -210,16 +264,16 @@ WITH lost AS (
         lease_expires_at = NULL,
         finished_at = now(),
         updated_at = now()
-    FROM lost l
+    FROM (SELECT id FROM lost UNION ALL SELECT id FROM stranded) l
     WHERE a.id = l.id
     RETURNING a.id, a.state
 ), outbox AS (
     INSERT INTO notifications (artifact_id, event, channel)
     SELECT f.id, f.state, ch.channel
     FROM failed f CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
-)
-SELECT id::text FROM failed
-"""
+), events AS ({events})
+SELECT f.id::text FROM failed f, (SELECT count(*) FROM events) notified
+""".replace("{events}", _EVENTS.replace("{rows}", "failed"))
 
 # Operator or API cancel. A worker running the row loses its token and stops
 # at its next renewal or write. The first CTE locks the rows and remembers who
@@ -253,9 +307,10 @@ WITH target AS (
     INSERT INTO notifications (artifact_id, event, channel)
     SELECT c.id, c.state, ch.channel
     FROM cancelled c CROSS JOIN unnest(%(channels)s::text[]) AS ch(channel)
-)
-SELECT id::text, lease_owner, was_running FROM cancelled
-"""
+), events AS ({events})
+SELECT c.id::text, c.lease_owner, c.was_running
+FROM cancelled c, (SELECT count(*) FROM events) notified
+""".replace("{events}", _EVENTS.replace("{rows}", "cancelled"))
 
 # Failed rows back to work, attempts reset; the failure stays in metadata
 # (``previous_failures``: the failed content plus when it started, finished and
@@ -283,10 +338,11 @@ WITH requeued AS (
         finished_at = NULL,
         updated_at = now()
     WHERE a.id = ANY(%(ids)s::uuid[]) AND a.state = 'failed'
-    RETURNING a.id
-)
-SELECT id::text, pg_notify('artifactd_new', '') FROM requeued
-"""
+    RETURNING a.id, a.state
+), events AS ({events})
+SELECT r.id::text, pg_notify('artifactd_new', '')
+FROM requeued r, (SELECT count(*) FROM events) notified
+""".replace("{events}", _EVENTS.replace("{rows}", "requeued"))
 
 PAUSE_FLEET = """
 INSERT INTO queue_controls (name, paused_until, reason, updated_at)
@@ -304,7 +360,18 @@ FROM queue_controls
 WHERE name = %(name)s AND paused_until > now()
 """
 
-COUNT_UNFINISHED = "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'"
+# Rows still ``processing``, as the union of the two partial indexes that hold
+# them (waiting: no lease; leased), so a read of unfinished rows never scans
+# the finished ones. No index covers ``state = 'processing'`` alone.
+_PROCESSING_ROWS = """(
+    SELECT id, created_at, run_after, lease_token, lease_expires_at
+    FROM generated_artifacts WHERE state = 'processing' AND lease_token IS NULL
+    UNION ALL
+    SELECT id, created_at, run_after, lease_token, lease_expires_at
+    FROM generated_artifacts WHERE state = 'processing' AND lease_token IS NOT NULL
+)"""
+
+COUNT_UNFINISHED = f"SELECT count(*) FROM {_PROCESSING_ROWS} p"  # noqa: S608
 
 # Seconds until the earliest waiting retry becomes claimable (and the fleet
 # pause, if any, has ended), so an idle worker sleeps exactly that long instead
@@ -322,12 +389,11 @@ SELECT greatest(
 )::float8
 """
 
-QUEUE_DEPTH = """
+QUEUE_DEPTH = f"""
 SELECT count(*) FILTER (WHERE lease_token IS NULL OR lease_expires_at < now()),
        count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at >= now())
-FROM generated_artifacts
-WHERE state = 'processing'
-"""
+FROM {_PROCESSING_ROWS} p
+"""  # noqa: S608 - composed from this module's constants
 
 # -- operator statements: list, show, requeue, stats, prune -------------------
 # Read by the CLI and the API through ``shared.ops``; never on the claim path.
@@ -411,7 +477,7 @@ SELECT count(*) FROM generated_artifacts WHERE {_REQUEUE_MATCH}
 # Stats. Rows still processing are split by where they are: leased and alive
 # (in flight), waiting to be claimed (a retry may still be backing off), or
 # holding an expired lease (a worker died; the row is claimable again).
-STATS_QUEUE = """
+STATS_QUEUE = f"""
 SELECT count(*) AS processing,
        count(*) FILTER (WHERE lease_token IS NOT NULL AND lease_expires_at >= now())
            AS in_flight,
@@ -426,9 +492,8 @@ SELECT count(*) AS processing,
        (SELECT extract(epoch FROM paused_until - now())::float8
         FROM queue_controls
         WHERE name = 'llm' AND paused_until > now()) AS llm_paused_for_s
-FROM generated_artifacts
-WHERE state = 'processing'
-"""
+FROM {_PROCESSING_ROWS} p
+"""  # noqa: S608 - composed from this module's constants
 
 # Finished in the window, per type plus one total row (artifact_type NULL).
 # Durations are first claim to final write, over successes only.

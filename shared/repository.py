@@ -217,7 +217,6 @@ def get_status(conn: psycopg.Connection, artifact_id: str) -> dict[str, Any] | N
 # batches and cancel. Like the rest, each leaves the transaction to the caller.
 
 
-
 def get_task(conn: psycopg.Connection, task_id: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(

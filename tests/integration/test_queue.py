@@ -364,3 +364,110 @@ def test_update_content_and_state__rejects_a_non_final_state(
         update_content_and_state(
             conn, "00000000-0000-0000-0000-000000000000", "x", state="processing"
         )
+
+
+def test_claim__takes_expired_leases_and_waiting_rows_in_one_claim_order(
+    clean_db: str,
+) -> None:
+    # Waiting rows and rows whose holder died come from two indexes; a claim
+    # still takes them by priority, then age.
+    [dead_low] = seed(clean_db, 1, priority=0)
+    [dead_high] = seed(clean_db, 1, priority=5)
+    assert len(claim(clean_db, 2, "dying")) == 2
+    expire_leases(clean_db)
+    [waiting_mid] = seed(clean_db, 1, priority=3)
+    [waiting_low] = seed(clean_db, 1, priority=0)
+
+    claimed = claim(clean_db, 3, "w2")
+
+    assert [r["id"] for r in claimed] == [dead_high, waiting_mid, dead_low]
+    assert [r["lost_owner"] for r in claimed] == ["dying", None, "dying"]
+    assert [r["id"] for r in claim(clean_db, 3, "w3")] == [waiting_low]
+
+
+def test_fleet_cap__counts_expired_leases_as_free(clean_db: str) -> None:
+    seed(clean_db, 6)
+    assert len(claim(clean_db, 3, "dying", cap=3)) == 3
+    assert claim(clean_db, 3, "w2", cap=3) == []
+    expire_leases(clean_db)
+
+    taken = claim(clean_db, 5, "w2", cap=3)
+
+    assert len(taken) == 3
+    assert sum(r["lost_owner"] == "dying" for r in taken) == 3
+
+
+def test_fail_lost_artifacts__also_ends_unleased_rows_with_no_attempts_left(
+    clean_db: str,
+) -> None:
+    # Only a hand edit leaves a row so; without this it would wait forever.
+    [stranded] = seed(clean_db, 1, attempts=3, max_attempts=3)
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        failed = conn.execute(
+            queue.FAIL_LOST_ARTIFACTS,
+            {
+                "limit": 100,
+                "content": json.dumps(error_content(ErrorCode.WORKER_LOST, "en")),
+                "error": json.dumps({"error_code": "WORKER_LOST"}),
+                "channels": [],
+            },
+        ).fetchall()
+
+    assert [r[0] for r in failed] == [stranded]
+
+
+def test_final_write__notifies_every_row_in_few_notifications(clean_db: str) -> None:
+    ids = seed(clean_db, 100)
+    rows = claim(clean_db, 100)
+    batch = [
+        {
+            "id": r["id"],
+            "token": r["lease_token"],
+            "state": "success",
+            "content": {"text": "done"},
+            "metadata": {},
+            "error": None,
+        }
+        for r in rows
+    ]
+    with psycopg.connect(clean_db, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{queue.EVENTS_CHANNEL}"')
+        with psycopg.connect(clean_db, autocommit=True) as conn:
+            written = conn.execute(
+                queue.FINISH_ARTIFACTS_JSON,
+                {"batch": json.dumps(batch), "channels": []},
+            ).fetchall()
+        payloads = [n.payload for n in listener.notifies(timeout=2.0, stop_after=2)]
+
+    assert len(written) == 100
+    changes = [change for payload in payloads for change in json.loads(payload)]
+    assert sorted(c["artifact_id"] for c in changes) == sorted(ids)
+    assert {c["state"] for c in changes} == {"success"}
+    # One statement, 100 rows: two NOTIFYs under the 8,000-byte payload limit.
+    assert len(payloads) == 2
+    assert max(len(p.encode()) for p in payloads) < 8000
+
+
+@pytest.mark.parametrize(
+    "name", ["COUNT_UNFINISHED", "QUEUE_DEPTH", "STATS_QUEUE", "CLAIM_BATCH"]
+)
+def test_reads_of_unfinished_rows__never_scan_the_finished_ones(
+    clean_db: str, name: str
+) -> None:
+    # Sequential scans switched off: the plan falls back to one only when no
+    # index can serve the statement, so one in the plan means the statement
+    # would read every finished row too.
+    seed(clean_db, 3)
+    params = {"limit": 10, "worker_id": "w", "lease_s": 30}
+    with psycopg.connect(clean_db) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN " + getattr(queue, name),
+                params if "%(" in getattr(queue, name) else None,
+            ).fetchall()
+        )
+        conn.rollback()
+
+    assert "Seq Scan on generated_artifacts" not in plan, plan
