@@ -98,7 +98,6 @@ async def _stream(
     keepalive_s = state.settings.api_keepalive_s
     artifact_id = sub.artifact_id
     last = first
-    stale = False
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
         yield _status_event("state", first)
@@ -108,10 +107,10 @@ async def _stream(
                 log.info("events.stream_closed", artifact_id=artifact_id, by="shutdown")
                 return
             if not woken:
+                # Read again even with the listener up: a row changed by hand
+                # (no NOTIFY) or a wake-up lost with a dropped connection is
+                # seen within one keep-alive.
                 yield b": keep-alive\n\n"
-                # With the listener up, silence means nothing changed.
-                if hub.connected and not stale:
-                    continue
 
             try:
                 current = await run_in_threadpool(
@@ -124,9 +123,7 @@ async def _stream(
                     error=" ".join(str(exc).split()),
                     action="reading again at the next keep-alive",
                 )
-                stale = True
                 continue
-            stale = False
             if current is None:
                 # Deleted under us (prune): nothing more will happen to it.
                 log.info("events.artifact_gone", artifact_id=artifact_id)

@@ -1,5 +1,5 @@
 """The event stream over real HTTP: the API served by uvicorn on loopback, a
-real PostgreSQL whose triggers NOTIFY, and a real worker where work is done.
+real PostgreSQL whose statements NOTIFY, and a real worker where work is done.
 
 Each stream is read by a thread into a queue, so a test waits for the next
 event with a bounded ``get`` and never polls the status route.
@@ -319,3 +319,59 @@ def test_events__unknown_artifact_is_a_404_in_the_error_shape(
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["error"]["code"] == "ARTIFACT_NOT_FOUND"
+
+
+def test_events__a_change_arrives_by_notify_long_before_a_keep_alive(
+    db_url: str, clean_db: str
+) -> None:
+    # Keep-alives 60 s apart: the progress event can only have been woken by
+    # the statement's NOTIFY, not by a keep-alive re-read.
+    settings = load_settings(database_url=db_url, api_keepalive_s=60.0, locale="en")
+    with (
+        serve_in_thread(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        artifact_id = new_artifact(http, "summary")
+        reader = EventReader(http, artifact_id)
+        try:
+            assert reader.next() == ("retry", "3000")
+            assert reader.next_event()[1]["state"] == "processing"
+            with psycopg.connect(clean_db, autocommit=True) as conn:
+                claimed = conn.execute(
+                    queue_sql.CLAIM_BATCH,
+                    {"limit": 1, "worker_id": "test-worker", "lease_s": 60},
+                ).fetchone()
+                assert claimed is not None
+                conn.execute(
+                    queue_sql.UPDATE_PROGRESS,
+                    {
+                        "progress": json.dumps({"phase": "writing"}),
+                        "id": artifact_id,
+                        "token": claimed[5],
+                    },
+                )
+            kind, value = reader.next()
+        finally:
+            reader.close()
+
+    assert kind == "progress"
+    assert json.loads(value)["progress"] == {"phase": "writing"}
+
+
+def test_events__a_row_changed_by_hand_without_notify_is_seen_at_a_keep_alive(
+    client: httpx.Client, open_stream: Callable[[str], EventReader], clean_db: str
+) -> None:
+    artifact_id = new_artifact(client)
+    reader = open_stream(artifact_id)
+    assert reader.next_event()[1]["state"] == "processing"
+
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE generated_artifacts SET state = 'failed', finished_at = now(), "
+            """content = '{"error_code": "CANCELLED"}' WHERE id = %s""",
+            (artifact_id,),
+        )
+    events = reader.events_until_closed()
+
+    assert [name for name, _ in events] == ["state", "end"]
+    assert events[0][1]["state"] == "failed"
