@@ -8,18 +8,22 @@ is one round trip to the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
+from typing import Any, NamedTuple
 
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg import AsyncConnection, pq
+from psycopg.cursor_async import AsyncCursor
+from psycopg.rows import RowMaker, no_result
 from psycopg_pool import AsyncConnectionPool
 
 from shared import queue
 
 
-@dataclass(frozen=True)
-class ClaimedRow:
+class ClaimedRow(NamedTuple):
+    """One row of a claim, by the names of the claim's result columns."""
+
     id: str
     task_id: str
     artifact_type: str
@@ -59,20 +63,42 @@ class Claimer:
         }
         async with self._pool.connection() as conn:
             if self._fleet_cap is None:
-                rows = await _fetch(conn, queue.CLAIM_BATCH, params)
-            else:
-                params["fleet_cap"] = self._fleet_cap
-                rows = await _fetch_capped(conn, params)
-        return [ClaimedRow(**row) for row in rows]
+                return await _fetch(conn, queue.CLAIM_BATCH, params)
+            params["fleet_cap"] = self._fleet_cap
+            return await _fetch_capped(conn, params)
 
 
-async def _fetch(conn: AsyncConnection, sql: str, params: dict) -> list[dict]:
-    async with conn.cursor(row_factory=dict_row) as cur:
+def claimed_row(cursor: Any) -> RowMaker[ClaimedRow]:
+    """psycopg row factory: result rows straight into ``ClaimedRow``s.
+
+    Fields are picked by column name once per result, so the statement may
+    order its columns as it likes (and return more); a tuple is cheaper to
+    build per row than a dict and a dataclass. The names come from the raw
+    result: ``cursor.description`` would build a typed column for each.
+    """
+    result = cursor.pgresult
+    if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+        return no_result
+    names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+    missing = [name for name in ClaimedRow._fields if name not in names]
+    if missing:
+        raise LookupError(f"claim result lacks column(s) {', '.join(missing)}")
+    pick = itemgetter(*(names.index(name) for name in ClaimedRow._fields))
+
+    def make(values: Sequence[Any]) -> ClaimedRow:
+        return ClaimedRow._make(pick(values))
+
+    return make
+
+
+async def _fetch(conn: AsyncConnection, sql: str, params: dict) -> list[ClaimedRow]:
+    cur: AsyncCursor[ClaimedRow]
+    async with conn.cursor(row_factory=claimed_row) as cur:
         await cur.execute(sql, params)
         return await cur.fetchall()
 
 
-async def _fetch_capped(conn: AsyncConnection, params: dict) -> list[dict]:
+async def _fetch_capped(conn: AsyncConnection, params: dict) -> list[ClaimedRow]:
     """The lock and the capped claim in one round trip (pipeline mode).
 
     Both statements go out together and run in one transaction that ends at
@@ -82,7 +108,8 @@ async def _fetch_capped(conn: AsyncConnection, params: dict) -> list[dict]:
     one by one (BEGIN, lock, claim, COMMIT) they cost four round trips, with
     the lock held across all of them.
     """
-    async with conn.cursor(row_factory=dict_row) as cur:
+    cur: AsyncCursor[ClaimedRow]
+    async with conn.cursor(row_factory=claimed_row) as cur:
         async with conn.pipeline():
             await conn.execute(queue.LOCK_FLEET_CLAIMS)
             await cur.execute(queue.CLAIM_BATCH_CAPPED, params)

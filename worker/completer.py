@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
@@ -204,7 +205,7 @@ class Completer:
         ]
         cur = await conn.execute(
             queue.FINISH_ARTIFACTS_JSON,
-            {"batch": json.dumps(batch), "channels": self._channels},
+            {"batch": _json(batch), "channels": self._channels},
         )
         return {(row[0], row[1]) for row in await cur.fetchall()}
 
@@ -217,7 +218,26 @@ class Completer:
                 "ids": [r.artifact_id for r in releases],
                 "tokens": [r.lease_token for r in releases],
                 "delays_s": [r.delay_s for r in releases],
-                "errors": [json.dumps(r.error) for r in releases],
+                "errors": [_json(r.error) for r in releases],
             },
         )
         return {(row[0], row[1]) for row in await cur.fetchall()}
+
+
+# Datetimes and dataclasses, which orjson would write and json.dumps refuses,
+# are refused as before (see ``_json``).
+_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _json(value: Any) -> str:
+    """``value`` as JSON text for a ``jsonb`` parameter.
+
+    orjson, at a tenth of the standard library's cost, writes it as UTF-8
+    text; what orjson refuses (integers beyond 64 bits, keys that are not
+    strings, unpaired surrogates, datetimes, dataclasses) goes to
+    ``json.dumps``, which writes or refuses it as it always did.
+    """
+    try:
+        return orjson.dumps(value, option=_STRICT).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)

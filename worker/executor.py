@@ -27,14 +27,13 @@ from shared.errors import (
     error_content,
     job_error,
 )
+from shared.logging import bind_context
 from shared.text import storable, storable_text
 from worker.claimer import ClaimedRow
 from worker.completer import Completer, Finish, Release
 from worker.generators.base import GenerationRequest, GenerationResult, Generator
 from worker.progress import ProgressWriter
 from worker.retry import retry_delay_s
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -66,6 +65,66 @@ class Outcome:
     written: bool = True
 
 
+SUCCEEDED = Outcome("success")
+
+
+class AttemptDeadlines:
+    """Sets off each attempt's ``asyncio.Timeout`` when its time is up.
+
+    Attempts enter ``asyncio.timeout(None)`` and hand it over here; when
+    the deadline passes, ``reschedule`` to it ends the attempt with
+    ``TimeoutError`` as ``asyncio.timeout(limit)`` would. Every attempt gets
+    the same limit, so deadlines fall due in the order attempts start: the
+    oldest running attempt is always the next to expire, and one loop timer
+    serves them all. A timer per attempt cost about a twentieth of an echo
+    job's CPU: each one is pushed onto the event loop's heap and, cancelled,
+    stays there until it is swept out.
+
+    The timer is left armed when an attempt ends early; when it fires it
+    sets off what is due and re-arms for the oldest attempt still running,
+    so it fires about once per limit however many attempts start.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self._limit_s = limit_s
+        # Running attempts, oldest first (a dict keeps insertion order and
+        # forgets any entry at once), with their deadlines on the loop clock.
+        self._running: dict[asyncio.Timeout, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, timeout: asyncio.Timeout) -> None:
+        """Watch ``timeout``, entered and not yet exited, from now on."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._limit_s
+        self._running[timeout] = deadline
+        # (A timer of an earlier event loop, one that stopped, never fires.)
+        if self._timer is None or self._timer_loop is not loop:
+            self._arm(loop, deadline)
+
+    def discard(self, timeout: asyncio.Timeout) -> None:
+        """Stop watching ``timeout``; call it before the timeout is exited."""
+        self._running.pop(timeout, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer = loop.call_at(when, self._expire)
+        self._timer_loop = loop
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._running:
+            timeout, deadline = next(iter(self._running.items()))
+            if deadline > now:
+                self._arm(loop, deadline)
+                return
+            del self._running[timeout]
+            # A deadline already past cancels the attempt's task at once;
+            # leaving the ``async with`` turns that into TimeoutError.
+            timeout.reschedule(deadline)
+
+
 class Executor:
     def __init__(
         self,
@@ -84,19 +143,24 @@ class Executor:
         self._progress = progress
         self._locale = locale
         self._attempt_timeout_s = attempt_timeout_s
+        self._deadlines = AttemptDeadlines(attempt_timeout_s)
         self._worker_id = worker_id
+        # Bound now, under the process's logging configuration: a module-level
+        # proxy would assemble a new logger for each of a job's log calls.
+        self._log = structlog.get_logger(__name__).bind()
 
     async def execute(self, job: Job) -> Outcome:
         row = job.row
-        structlog.contextvars.bind_contextvars(
+        # The job runs in its own task, so these go with its events only.
+        bind_context(
             artifact_id=row.id,
             task_id=row.task_id,
             artifact_type=row.artifact_type,
             attempt=row.attempts,
         )
         if row.lost_owner:
-            log.warning("artifact.reclaimed", previous_owner=row.lost_owner)
-        log.debug("artifact.claimed")
+            self._log.warning("artifact.reclaimed", previous_owner=row.lost_owner)
+        self._log.debug("artifact.claimed")
 
         try:
             request = self._load_input(row)
@@ -104,14 +168,14 @@ class Executor:
             self._check_output(request.artifact_type, result)
         except LeaseLost:
             job.lost = True
-            log.warning("artifact.lease_lost", action="result discarded")
+            self._log.warning("artifact.lease_lost", action="result discarded")
             return Outcome("lost", written=False)
         except JobError as exc:
             return await self._persist_failure(job, exc)
         except (
             Exception
         ) as exc:  # anything unexpected: retry, traceback to the log only
-            log.error(
+            self._log.error(
                 "artifact.internal_error",
                 error=repr(exc),
                 traceback=traceback.format_exc(),
@@ -122,7 +186,7 @@ class Executor:
         try:
             return await self._persist_success(job, result)
         except Exception as exc:  # the database refused the document itself
-            log.error("artifact.result_unstorable", error=repr(exc))
+            self._log.error("artifact.result_unstorable", error=repr(exc))
             return await self._persist_failure(
                 job,
                 job_error(ErrorCode.INTERNAL_ERROR, "the result could not be stored"),
@@ -160,15 +224,20 @@ class Executor:
                 # here mid-stream and end the attempt as INTERNAL_ERROR,
                 # throwing the model's answer away; the final write is
                 # fenced by the lease token and retried, so going on is safe.
-                log.warning(
+                self._log.warning(
                     "artifact.progress_failed",
                     error=" ".join(str(exc).split()),
                     action="job goes on",
                 )
 
+        timeout = asyncio.timeout(None)  # no deadline of its own: see AttemptDeadlines
         try:
-            async with asyncio.timeout(self._attempt_timeout_s):
-                return await self._generator.generate(request, report)
+            async with timeout:
+                self._deadlines.add(timeout)
+                try:
+                    return await self._generator.generate(request, report)
+                finally:
+                    self._deadlines.discard(timeout)
         except TimeoutError:
             raise job_error(
                 ErrorCode.LLM_TIMEOUT, f"attempt exceeded {self._attempt_timeout_s:g}s"
@@ -202,17 +271,17 @@ class Executor:
             )
         )
         if not written:
-            log.warning(
+            self._log.warning(
                 "artifact.write_refused", reason="lease gone", action="result discarded"
             )
             return Outcome("success", written=False)
-        log.info(
+        self._log.info(
             "artifact.succeeded",
             duration_ms=duration_ms,
             usage=result.metadata.get("usage"),
             model=result.metadata.get("model"),
         )
-        return Outcome("success")
+        return SUCCEEDED
 
     async def _persist_failure(self, job: Job, exc: JobError) -> Outcome:
         row = job.row
@@ -232,7 +301,7 @@ class Executor:
                 Release(job.id, job.token, delay_s, error)
             )
             if written:
-                log.warning(
+                self._log.warning(
                     "artifact.retry_scheduled",
                     error_code=exc.code.value,
                     error=detail,
@@ -254,14 +323,14 @@ class Executor:
             )
         )
         if written:
-            log.error(
+            self._log.error(
                 "artifact.failed",
                 error_code=exc.code.value,
                 error=detail,
                 duration_ms=duration_ms,
             )
         else:
-            log.warning(
+            self._log.warning(
                 "artifact.write_refused",
                 reason="lease gone",
                 action="failure discarded",
