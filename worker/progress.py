@@ -3,6 +3,13 @@
 Each write is fenced by the lease token, so it doubles as an early check that
 the row is still ours: a write that matches nothing raises ``LeaseLost`` and
 the job stops instead of finishing work nobody will keep.
+
+A job's first report starts its clock and is not written: the first write
+comes with the first report at least ``min_interval_s`` later. A job that is
+over by then (a short answer) writes no progress at all, its final write
+following at once. The price: a first report that no other follows for a
+while (the offline generator's ``extracting``, before a long extraction)
+never reaches the row.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ class ProgressWriter:
         self, artifact_id: str, lease_token: str, progress: dict[str, Any]
     ) -> None:
         now = time.monotonic()
-        if now - self._last.get(artifact_id, 0.0) < self._min_interval_s:
+        last = self._last.setdefault(artifact_id, now)
+        if now - last < self._min_interval_s:
             return
         self._last[artifact_id] = now
         async with self._pool.connection() as conn:

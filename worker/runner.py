@@ -100,8 +100,13 @@ class Worker:
             lease_s=config.lease_s,
             fleet_cap=config.fleet_concurrency,
         )
+        # A batch going out frees slots for the next claim only without a
+        # fleet cap: under one, its rows count against the cap until the
+        # write commits, and the job's own end wakes the claim loop then.
         self._completer = Completer(
-            pool, channels=config.channels, on_batch=self._wake.set
+            pool,
+            channels=config.channels,
+            on_batch=self._wake.set if config.fleet_concurrency is None else None,
         )
         self._progress = ProgressWriter(pool)
         self._executor = Executor(
@@ -203,7 +208,8 @@ class Worker:
                 # half is then in flight while the jobs just started run, so
                 # a busy worker overlaps its claims' round trips with work
                 # instead of idling through each one.
-                rows = await self._claimer.claim_batch(min(free, self._claim_limit))
+                asked = min(free, self._claim_limit)
+                rows = await self._claimer.claim_batch(asked)
             except DB_ERRORS as exc:
                 log.warning(
                     "claim.failed", error=_one_line(exc), retry_in_s=db_backoff_s
@@ -214,8 +220,11 @@ class Worker:
             db_backoff_s = 0.2
             for row in rows:
                 self._start(row)
-            if rows:
+            if len(rows) == asked:
                 continue
+            # Fewer than asked: nothing more is claimable now (the queue is
+            # empty, or the fleet cap full), so claiming again at once would
+            # only find nothing and hold the fleet's claim lock doing it.
 
             if not self._jobs and self.config.drain and await self._nothing_left():
                 log.info("worker.drained")

@@ -554,6 +554,10 @@ class FakeMessagesServer:
             },
         )
         self._event(handler, "ping", {"type": "ping"})
+        # Chunk times are kept on one schedule from here, so the answer takes
+        # ``latency_s`` however late this thread gets to run (a busy machine,
+        # the GIL): a remote API's pace does not depend on the client's CPU.
+        due = time.monotonic()
         for index in range(len(chunks) + 1):
             if reply.drop_after_chunks == index:
                 self._settle(record)
@@ -568,6 +572,7 @@ class FakeMessagesServer:
                 return
             if reply.stall_after_chunks == index:
                 self._pause(handler, reply.stall_s)
+                due = time.monotonic()
             if index == len(chunks):
                 break
             delta = {"type": "text_delta", "text": chunks[index]}
@@ -576,7 +581,8 @@ class FakeMessagesServer:
                 "content_block_delta",
                 {"type": "content_block_delta", "index": 0, "delta": delta},
             )
-            self._pause(handler, interval_s)
+            due += interval_s
+            self._pause_until(handler, due)
         self._event(
             handler, "content_block_stop", {"type": "content_block_stop", "index": 0}
         )
@@ -604,7 +610,10 @@ class FakeMessagesServer:
 
     def _pause(self, handler: _Handler, seconds: float) -> None:
         """Sleep, but give up early when the client hangs up or we stop."""
-        deadline = time.monotonic() + seconds
+        self._pause_until(handler, time.monotonic() + seconds)
+
+    def _pause_until(self, handler: _Handler, deadline: float) -> None:
+        """``_pause`` until ``deadline`` (``time.monotonic()``), if not past."""
         conn = handler.connection
         while (remaining := deadline - time.monotonic()) > 0:
             if self._stopping.is_set():
