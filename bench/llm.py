@@ -30,6 +30,7 @@ import psycopg
 from bench import seed
 from bench.process import BenchError, Process, wait_until, worker
 from bench.server import fresh_database
+from shared import queue
 from tests.fakes.messages_server import FakeMessagesServer
 
 GOAL_RATIO = 1.1
@@ -196,7 +197,5 @@ def _warm_up(
 
 
 def _unfinished(conn: psycopg.Connection) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'"
-    ).fetchone()
+    row = conn.execute(queue.COUNT_UNFINISHED).fetchone()
     return int(row[0]) if row else 0

@@ -22,6 +22,7 @@ import psycopg
 from bench import seed
 from bench.process import BenchError, wait_until, worker
 from bench.server import fresh_database
+from shared import queue
 from shared.transcript import read_transcripts
 from tests.fakes.messages_server import (
     FakeMessagesServer,
@@ -143,7 +144,5 @@ def run(
 
 
 def _unfinished(conn: psycopg.Connection) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM generated_artifacts WHERE state = 'processing'"
-    ).fetchone()
+    row = conn.execute(queue.COUNT_UNFINISHED).fetchone()
     return int(row[0]) if row else 0
