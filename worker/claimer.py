@@ -67,6 +67,30 @@ class Claimer:
             params["fleet_cap"] = self._fleet_cap
             return await _fetch_capped(conn, params)
 
+    async def send_capped_claim(
+        self, conn: AsyncConnection, limit: int
+    ) -> AsyncCursor[ClaimedRow]:
+        """Queue a fleet-capped claim of up to ``limit`` rows in ``conn``'s pipeline.
+
+        For a caller that ends rows in the same transaction: the claim then
+        counts the capacity they free (its own uncommitted writes are visible
+        to it) and takes it before any other worker can. The rows are the
+        cursor's once the pipeline has synced.
+        """
+        if self._fleet_cap is None:
+            raise ValueError(
+                "a claim in another statement's transaction needs a fleet cap"
+            )
+        cur: AsyncCursor[ClaimedRow] = conn.cursor(row_factory=claimed_row)
+        params = {
+            "limit": limit,
+            "worker_id": self._worker_id,
+            "lease_s": self._lease_s,
+            "fleet_cap": self._fleet_cap,
+        }
+        await _send_capped(conn, cur, params)
+        return cur
+
 
 def claimed_row(cursor: Any) -> RowMaker[ClaimedRow]:
     """psycopg row factory: result rows straight into ``ClaimedRow``s.
@@ -111,6 +135,13 @@ async def _fetch_capped(conn: AsyncConnection, params: dict) -> list[ClaimedRow]
     cur: AsyncCursor[ClaimedRow]
     async with conn.cursor(row_factory=claimed_row) as cur:
         async with conn.pipeline():
-            await conn.execute(queue.LOCK_FLEET_CLAIMS)
-            await cur.execute(queue.CLAIM_BATCH_CAPPED, params)
+            await _send_capped(conn, cur, params)
         return await cur.fetchall()
+
+
+async def _send_capped(
+    conn: AsyncConnection, cur: AsyncCursor[ClaimedRow], params: dict
+) -> None:
+    """Queue the fleet lock and the capped claim in ``conn``'s open pipeline."""
+    await conn.execute(queue.LOCK_FLEET_CLAIMS)
+    await cur.execute(queue.CLAIM_BATCH_CAPPED, params)

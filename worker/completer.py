@@ -4,6 +4,10 @@ Jobs hand their final state or retry release to the completer and await the
 verdict. Whatever arrives while one write is in flight goes into the next
 one, so under load many outcomes share a statement and a commit (group
 commit), and an idle worker still writes each outcome at once.
+
+Under a fleet cap the worker's next claim rides on the write (``Refill``):
+the rows end and the claim takes the capacity they free in one transaction
+and one round trip, instead of a commit, a wake-up and a claim of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from shared import queue
+from worker.claimer import ClaimedRow, Claimer
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +54,22 @@ class Release:
     )
 
 
+@dataclass(frozen=True)
+class Refill:
+    """Claims that ride on final writes, under a fleet cap.
+
+    ``reserve`` says how many rows the worker would take now (0 for none)
+    and holds that many of its slots; ``started`` then gets the rows
+    claimed, the number reserved, the batch written and whether the write
+    committed. ``started`` follows every ``reserve`` that returned more than
+    0, whether or not the write succeeded.
+    """
+
+    claimer: Claimer
+    reserve: Callable[[], int]
+    started: Callable[[list[ClaimedRow], int, list[Finish | Release], bool], None]
+
+
 _STOP = object()
 
 # How long a stopping worker keeps retrying writes against an absent database.
@@ -62,12 +83,14 @@ class Completer:
         *,
         channels: list[str],
         on_batch: Callable[[], None] | None = None,
+        refill: Refill | None = None,
     ) -> None:
         self._pool = pool
         self._channels = channels
         self._pending: asyncio.Queue[Any] = asyncio.Queue()
         self._closing = False
         self._on_batch = on_batch
+        self._refill = refill
         # Outcomes handed over whose write has not settled yet. Their jobs are
         # done with the model, so the claim loop may count their slots free
         # and claim while the batch is written (``on_batch`` wakes it).
@@ -128,7 +151,7 @@ class Completer:
         first_failure: float | None = None
         while True:
             try:
-                written = await self._execute(finishes, releases)
+                written = await self._attempt(finishes, releases, batch)
                 break
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 now = time.monotonic()
@@ -174,23 +197,74 @@ class Completer:
                     (outcome.artifact_id, outcome.lease_token) in written
                 )
 
-    async def _execute(
-        self, finishes: list[Finish], releases: list[Release]
+    async def _attempt(
+        self,
+        finishes: list[Finish],
+        releases: list[Release],
+        batch: list[Finish | Release],
     ) -> set[tuple[str, str]]:
-        async with self._pool.connection() as conn:
-            # Both kinds in one batch commit together: were the first to commit
-            # and the second to fail, the retry would find the first one's
-            # tokens gone and report written outcomes as refused.
-            if finishes and releases:
-                async with conn.transaction():
-                    return await self._finish(conn, finishes) | await self._release(
-                        conn, releases
+        """One try at writing ``batch``, with a refill claim when there is one."""
+        refill = None if self._closing else self._refill
+        asked = refill.reserve() if refill is not None else 0
+        claimed: list[ClaimedRow] = []
+        committed = False
+        try:
+            async with self._pool.connection() as conn:
+                if asked and refill is not None:
+                    written, claimed = await self._execute_and_claim(
+                        conn, finishes, releases, refill.claimer, asked
                     )
-            if finishes:
-                return await self._finish(conn, finishes)
-            return await self._release(conn, releases)
+                else:
+                    written = await self._execute(conn, finishes, releases)
+            committed = True
+            return written
+        finally:
+            # Before the batch's jobs hear their verdict, so the jobs claimed
+            # in their place are running when the old ones leave.
+            if asked and refill is not None:
+                refill.started(claimed, asked, batch, committed)
 
-    async def _finish(self, conn: Any, finishes: list[Finish]) -> set[tuple[str, str]]:
+    async def _execute(
+        self, conn: Any, finishes: list[Finish], releases: list[Release]
+    ) -> set[tuple[str, str]]:
+        # Both kinds in one batch commit together: were the first to commit
+        # and the second to fail, the retry would find the first one's
+        # tokens gone and report written outcomes as refused.
+        if finishes and releases:
+            async with conn.transaction():
+                finished = await _pairs(await self._send_finish(conn, finishes))
+                return finished | await _pairs(await self._send_release(conn, releases))
+        if finishes:
+            return await _pairs(await self._send_finish(conn, finishes))
+        return await _pairs(await self._send_release(conn, releases))
+
+    async def _execute_and_claim(
+        self,
+        conn: Any,
+        finishes: list[Finish],
+        releases: list[Release],
+        claimer: Claimer,
+        limit: int,
+    ) -> tuple[set[tuple[str, str]], list[ClaimedRow]]:
+        """The batch and the next claim in one transaction and one round trip.
+
+        Under a fleet cap the rows that end here hold capacity until their
+        write commits. Written alone, the next claim could only follow the
+        commit; here the claim comes after the writes in the same
+        transaction (a pipeline, ending at its sync), sees the capacity they
+        free and takes it, so the fleet's leased count never dips between a
+        row ending and the next starting, and no other worker's claim can
+        take the capacity first. Any failure rolls back the writes and the
+        claim alike.
+        """
+        async with conn.pipeline():
+            fin = await self._send_finish(conn, finishes) if finishes else None
+            rel = await self._send_release(conn, releases) if releases else None
+            claim = await claimer.send_capped_claim(conn, limit)
+        written = await _pairs(fin) | await _pairs(rel)
+        return written, await claim.fetchall()
+
+    async def _send_finish(self, conn: Any, finishes: list[Finish]) -> Any:
         # One JSON document for the whole batch (see FINISH_ARTIFACTS_JSON).
         batch = [
             {
@@ -203,16 +277,13 @@ class Completer:
             }
             for f in finishes
         ]
-        cur = await conn.execute(
+        return await conn.execute(
             queue.FINISH_ARTIFACTS_JSON,
             {"batch": _json(batch), "channels": self._channels},
         )
-        return {(row[0], row[1]) for row in await cur.fetchall()}
 
-    async def _release(
-        self, conn: Any, releases: list[Release]
-    ) -> set[tuple[str, str]]:
-        cur = await conn.execute(
+    async def _send_release(self, conn: Any, releases: list[Release]) -> Any:
+        return await conn.execute(
             queue.RELEASE_FOR_RETRY,
             {
                 "ids": [r.artifact_id for r in releases],
@@ -221,7 +292,13 @@ class Completer:
                 "errors": [_json(r.error) for r in releases],
             },
         )
-        return {(row[0], row[1]) for row in await cur.fetchall()}
+
+
+async def _pairs(cur: Any) -> set[tuple[str, str]]:
+    """The (artifact id, lease token) pairs a write returned."""
+    if cur is None:
+        return set()
+    return {(row[0], row[1]) for row in await cur.fetchall()}
 
 
 # Datetimes and dataclasses, which orjson would write and json.dumps refuses,

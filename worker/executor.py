@@ -48,6 +48,9 @@ class Job:
     # waits for its write, and a renewal that misses the row (because the
     # write just committed) must not cancel it.
     handed_over: bool = False
+    # Set when the claim that rode on this job's final write came back short
+    # (the fleet cap full or the queue empty): its end then wakes no claim.
+    quiet_end: bool = False
 
     @property
     def id(self) -> str:

@@ -30,7 +30,7 @@ from shared import queue
 from shared.artifact_types import ArtifactType
 from shared.errors import ErrorCode, error_content
 from worker.claimer import ClaimedRow, Claimer
-from worker.completer import Completer
+from worker.completer import Completer, Finish, Refill, Release
 from worker.executor import Executor, Job, Outcome
 from worker.generators.base import Generator
 from worker.identity import new_worker_id
@@ -100,13 +100,21 @@ class Worker:
             lease_s=config.lease_s,
             fleet_cap=config.fleet_concurrency,
         )
-        # A batch going out frees slots for the next claim only without a
-        # fleet cap: under one, its rows count against the cap until the
-        # write commits, and the job's own end wakes the claim loop then.
+        # Slots promised to a claim in flight (the claim loop's, or one riding
+        # on a final write), so the two never claim the same slots.
+        self._reserved = 0
+        # A batch going out frees slots for the next claim. Without a fleet
+        # cap the claim loop claims for them while the batch is written;
+        # under one the rows hold the cap's capacity until the write commits,
+        # so the claim for them rides in the write's own transaction.
+        capped = config.fleet_concurrency is not None
         self._completer = Completer(
             pool,
             channels=config.channels,
-            on_batch=self._wake.set if config.fleet_concurrency is None else None,
+            on_batch=None if capped else self._wake.set,
+            refill=Refill(self._claimer, self._reserve_refill, self._refilled)
+            if capped
+            else None,
         )
         self._progress = ProgressWriter(pool)
         self._executor = Executor(
@@ -191,7 +199,7 @@ class Worker:
             # Cleared before looking, so a wake-up (NOTIFY, a finished job)
             # that lands during the claim below makes the next sleep return.
             self._wake.clear()
-            free = self.config.concurrency - len(self._jobs)
+            free = self.config.concurrency - len(self._jobs) - self._reserved
             if self.config.fleet_concurrency is None:
                 # A job whose outcome is with the completer is done with the
                 # model, so its slot is free: the next claim goes out while
@@ -209,7 +217,11 @@ class Worker:
                 # a busy worker overlaps its claims' round trips with work
                 # instead of idling through each one.
                 asked = min(free, self._claim_limit)
-                rows = await self._claimer.claim_batch(asked)
+                self._reserved += asked
+                try:
+                    rows = await self._claimer.claim_batch(asked)
+                finally:
+                    self._reserved -= asked
             except DB_ERRORS as exc:
                 log.warning(
                     "claim.failed", error=_one_line(exc), retry_in_s=db_backoff_s
@@ -265,13 +277,57 @@ class Worker:
             return False
         return row is not None and row[0] == 0
 
+    def _reserve_refill(self) -> int:
+        """Slots for a claim riding on the final write about to go out (0: none).
+
+        The jobs whose outcomes are with the completer are done with the
+        model, so their slots count as free; the claim runs after their
+        rows end, in the same transaction.
+        """
+        if self._stopping.is_set():
+            return 0
+        free = (
+            self.config.concurrency
+            - len(self._jobs)
+            - self._reserved
+            + self._completer.unwritten
+        )
+        asked = min(free, self._claim_limit)
+        if asked <= 0:
+            return 0
+        self._reserved += asked
+        return asked
+
+    def _refilled(
+        self,
+        rows: list[ClaimedRow],
+        asked: int,
+        batch: list[Finish | Release],
+        committed: bool,
+    ) -> None:
+        """Start what a final write claimed; settle its reservation."""
+        self._reserved -= asked
+        for row in rows:
+            self._start(row)
+        if committed and len(rows) < asked:
+            # The claim got less than it asked for: the cap is full or the
+            # queue empty, as of a moment ago. The batch's jobs ending then
+            # need not wake the claim loop only to find the same; capacity
+            # another worker frees goes to that worker's own next claim.
+            for outcome in batch:
+                job = self._jobs.get(outcome.artifact_id)
+                if job is not None and job.token == outcome.lease_token:
+                    job.quiet_end = True
+
     def _start(self, row: ClaimedRow) -> None:
         job = Job(row)
         previous = self._jobs.get(row.id)
-        if previous is not None:
+        if previous is not None and not previous.handed_over:
             # We claimed our own row again: its lease expired while our
             # renewals could not reach the database. The old job's token is
             # dead, so stop it rather than call the model twice for one row.
+            # (One already handed over only awaits its write, which the token
+            # fences: it ends by itself.)
             previous.lost = True
             if previous.task is not None:
                 previous.task.cancel()
@@ -306,7 +362,8 @@ class Worker:
             if self._jobs.get(job.id) is job:
                 del self._jobs[job.id]
                 self._progress.forget(job.id)
-            self._wake.set()
+            if not job.quiet_end or not self._jobs:
+                self._wake.set()
         self._count(outcome)
         for hook in self._on_outcome:
             hook(job, outcome)

@@ -1,4 +1,5 @@
-"""The completer: batched final writes, and one bad outcome not sinking a batch."""
+"""The completer: batched final writes, one bad outcome not sinking a batch, and
+the claims that ride on final writes under a fleet cap."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared import queue
 from tests.support.processes import query, seed
-from worker.completer import Completer, Finish
+from worker.claimer import Claimer
+from worker.completer import Completer, Finish, Refill
 
 
 def _claim_all(url: str) -> list[tuple[str, str]]:
@@ -93,3 +95,130 @@ def test_completer__a_stale_token_is_reported_unwritten(
 
     assert result is False
     assert query(clean_db, "SELECT state FROM generated_artifacts") == [("processing",)]
+
+
+# -- claims riding on final writes (under a fleet cap) ------------------------
+
+
+class _Refills:
+    """What a worker gives the completer: slots to fill, and where rows go."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.calls: list[tuple[list[str], int, bool]] = []
+
+    def reserve(self) -> int:
+        return self.slots
+
+    def started(self, rows: list, asked: int, batch: list, committed: bool) -> None:
+        self.calls.append(([r.id for r in rows], asked, committed))
+
+
+def _claim_capped(url: str, limit: int, cap: int) -> list[tuple[str, str]]:
+    async def claim() -> list[tuple[str, str]]:
+        async with AsyncConnectionPool(
+            url, min_size=1, max_size=1, kwargs={"autocommit": True}
+        ) as pool:
+            claimer = Claimer(pool, worker_id="w", lease_s=30, fleet_cap=cap)
+            return [(r.id, r.lease_token) for r in await claimer.claim_batch(limit)]
+
+    return asyncio.run(claim())
+
+
+async def _finish_with_refill(
+    url: str, outcomes: list[tuple[str, str, dict]], refills: _Refills, cap: int
+) -> list[bool | BaseException]:
+    async with AsyncConnectionPool(
+        url, min_size=1, max_size=2, kwargs={"autocommit": True}
+    ) as pool:
+        claimer = Claimer(pool, worker_id="w", lease_s=30, fleet_cap=cap)
+        completer = Completer(
+            pool,
+            channels=[],
+            refill=Refill(claimer, refills.reserve, refills.started),
+        )
+        runner = asyncio.create_task(completer.run())
+        results = await asyncio.gather(
+            *(
+                completer.finish(Finish(i, t, "success", c, {}, None))
+                for i, t, c in outcomes
+            ),
+            return_exceptions=True,
+        )
+        await completer.close()
+        await runner
+    return results
+
+
+def test_refill__claims_the_capacity_the_write_frees_in_the_same_transaction(
+    clean_db: str,
+) -> None:
+    seed(clean_db, 4)
+    cap = 2
+    claimed = _claim_capped(clean_db, 4, cap)
+    assert len(claimed) == cap  # the cap is full
+    done_id, done_token = claimed[0]
+    refills = _Refills(slots=3)
+
+    [result] = asyncio.run(
+        _finish_with_refill(
+            clean_db, [(done_id, done_token, {"text": "x"})], refills, cap
+        )
+    )
+
+    assert result is True
+    [(new_ids, asked, committed)] = refills.calls
+    # Three slots asked, one granted: the one the finished row gave back.
+    assert (len(new_ids), asked, committed) == (1, 3, True)
+    assert new_ids[0] not in {i for i, _ in claimed}
+    assert query(
+        clean_db,
+        "SELECT count(*) FROM generated_artifacts "
+        "WHERE state = 'processing' AND lease_token IS NOT NULL",
+    ) == [(cap,)]
+    # One transaction: the new lease starts at the old row's finishing now().
+    assert query(
+        clean_db,
+        "SELECT n.started_at = d.finished_at FROM generated_artifacts n, "
+        "generated_artifacts d WHERE n.id = %s AND d.id = %s",
+        (new_ids[0], done_id),
+    ) == [(True,)]
+
+
+def test_refill__a_write_that_fails_claims_nothing(clean_db: str) -> None:
+    seed(clean_db, 3)
+    cap = 3
+    [(artifact_id, token)] = _claim_capped(clean_db, 1, cap)
+    refills = _Refills(slots=2)
+
+    [result] = asyncio.run(
+        _finish_with_refill(
+            clean_db, [(artifact_id, token, {"text": "bad\u0000"})], refills, cap
+        )
+    )
+
+    assert isinstance(result, psycopg.Error)
+    # Told of the failed try, with its reservation, and nothing claimed.
+    assert refills.calls == [([], 2, False)]
+    assert query(
+        clean_db,
+        "SELECT count(*) FILTER (WHERE lease_token IS NOT NULL), "
+        "count(*) FILTER (WHERE state = 'processing') FROM generated_artifacts",
+    ) == [(1, 3)]
+
+
+def test_refill__asks_for_nothing_when_the_worker_has_no_slots(clean_db: str) -> None:
+    seed(clean_db, 2)
+    [(artifact_id, token), _] = _claim_capped(clean_db, 2, 5)
+    refills = _Refills(slots=0)
+
+    [result] = asyncio.run(
+        _finish_with_refill(clean_db, [(artifact_id, token, {"text": "x"})], refills, 5)
+    )
+
+    assert result is True
+    assert refills.calls == []
+    assert query(
+        clean_db,
+        "SELECT count(*) FROM generated_artifacts WHERE lease_token IS NOT NULL",
+    ) == [(1,)]

@@ -98,3 +98,79 @@ def test_worker__reclaiming_its_own_lapsed_row_stops_the_old_job_and_keeps_the_n
         "SELECT state, attempts, content->>'text', lease_token FROM generated_artifacts",
     ) == [("success", 2, "call 2", None)]
     assert artifact_id
+
+
+class CountingGenerator:
+    """Answers after a short pause; records the most calls running at once."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+
+    async def generate(
+        self, request: GenerationRequest, report_progress: Any
+    ) -> GenerationResult:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            self.running -= 1
+        return GenerationResult("markdown", "done", metadata={"model": "counting"})
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_worker__under_a_fleet_cap_claims_ride_on_final_writes_and_drain_ends(
+    clean_db: str,
+) -> None:
+    seed(clean_db, 12)
+    cap = 2
+
+    async def scenario() -> tuple[int, Any]:
+        generator = CountingGenerator()
+        config = WorkerConfig(
+            database_url=clean_db,
+            listen_url=clean_db,
+            concurrency=4,
+            lease_s=30,
+            # Far beyond the test's timeout: draining must not wait for a poll.
+            poll_interval_s=60,
+            shutdown_grace_s=5,
+            attempt_timeout_s=60,
+            locale="en",
+            fleet_concurrency=cap,
+            drain=True,
+        )
+        async with AsyncConnectionPool(
+            clean_db, min_size=1, max_size=4, kwargs={"autocommit": True}
+        ) as pool:
+            worker = Worker(
+                config,
+                generator=generator,
+                artifact_types=load_artifact_types(),
+                pool=pool,
+            )
+            stats = await asyncio.wait_for(worker.run(), 20)
+        return generator.most, stats
+
+    most, stats = asyncio.run(scenario())
+
+    assert most == cap  # four slots, but never more than the cap at once
+    assert (stats.claimed, stats.succeeded, stats.lost) == (12, 12, 0)
+    assert query(
+        clean_db,
+        "SELECT count(*), max(attempts) FROM generated_artifacts WHERE state = 'success'",
+    ) == [(12, 1)]
+    # Rows whose lease began in the transaction that finished another row:
+    # every claim after the first ones rode on a final write.
+    [(riding,)] = query(
+        clean_db,
+        "SELECT count(*) FROM generated_artifacts n WHERE EXISTS ("
+        "SELECT 1 FROM generated_artifacts d "
+        "WHERE d.id <> n.id AND d.finished_at = n.started_at)",
+    )
+    assert riding == 12 - cap
