@@ -103,6 +103,10 @@ class Worker:
         # Slots promised to a claim in flight (the claim loop's, or one riding
         # on a final write), so the two never claim the same slots.
         self._reserved = 0
+        # Set once shutdown hands rows back: rows a final write in flight
+        # claims after that are kept here and handed back after the writes.
+        self._handing_back = False
+        self._late_rows: list[ClaimedRow] = []
         # A batch going out frees slots for the next claim. Without a fleet
         # cap the claim loop claims for them while the batch is written;
         # under one the rows hold the cap's capacity until the write commits,
@@ -172,6 +176,8 @@ class Worker:
         finally:
             await self._completer.close()
             await asyncio.wait_for(completer, timeout=None)
+            if self._late_rows:
+                await self._release([Job(row) for row in self._late_rows])
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -307,14 +313,23 @@ class Worker:
     ) -> None:
         """Start what a final write claimed; settle its reservation."""
         self._reserved -= asked
+        if self._handing_back:
+            # The write was in flight when shutdown stopped waiting for jobs:
+            # these rows are not started, and go back with the last writes.
+            self._late_rows.extend(rows)
+            return
         for row in rows:
             self._start(row)
         if committed and len(rows) < asked:
             # The claim got less than it asked for: the cap is full or the
-            # queue empty, as of a moment ago. The batch's jobs ending then
+            # queue empty, as of a moment ago. The batch's finished jobs then
             # need not wake the claim loop only to find the same; capacity
-            # another worker frees goes to that worker's own next claim.
+            # another worker frees goes to that worker's own next claim. (A
+            # job released for a retry still wakes it: the loop's idle wait
+            # learns of the row's new run_after that way.)
             for outcome in batch:
+                if not isinstance(outcome, Finish):
+                    continue
                 job = self._jobs.get(outcome.artifact_id)
                 if job is not None and job.token == outcome.lease_token:
                     job.quiet_end = True
@@ -469,6 +484,7 @@ class Worker:
 
     async def _shutdown(self) -> None:
         await self._wait_for_jobs(self.config.shutdown_grace_s)
+        self._handing_back = True
         leftover = [job for job in self._jobs.values() if not job.lost]
         tasks = [job.task for job in leftover if job.task is not None]
         for task in tasks:

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from shared import queue
 from shared.artifact_types import load_artifact_types
 from tests.support.processes import query, seed
 from worker.generators.base import GenerationRequest, GenerationResult
@@ -174,3 +175,84 @@ def test_worker__under_a_fleet_cap_claims_ride_on_final_writes_and_drain_ends(
         "WHERE d.id <> n.id AND d.finished_at = n.started_at)",
     )
     assert riding == 12 - cap
+
+
+async def _waits_for_an_advisory_lock(conn: Any) -> bool:
+    cur = await conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+def test_worker__rows_a_write_claims_after_shutdown_stops_waiting_go_back(
+    clean_db: str,
+) -> None:
+    ids = seed(clean_db, 3)
+
+    async def scenario() -> Any:
+        generator = GatedGenerator()
+        config = WorkerConfig(
+            database_url=clean_db,
+            listen_url=clean_db,
+            # One slot: the claim loop, with its slot taken, sends no claim of
+            # its own, so the claim waiting below is the one riding the write.
+            concurrency=1,
+            lease_s=30,
+            poll_interval_s=60,
+            shutdown_grace_s=30,
+            attempt_timeout_s=60,
+            locale="en",
+            fleet_concurrency=1,
+        )
+        async with (
+            AsyncConnectionPool(
+                clean_db, min_size=1, max_size=4, kwargs={"autocommit": True}
+            ) as pool,
+            await psycopg.AsyncConnection.connect(clean_db) as holder,
+        ):
+            worker = Worker(
+                config,
+                generator=generator,
+                artifact_types=load_artifact_types(),
+                pool=pool,
+            )
+            run = asyncio.create_task(worker.run())
+            await asyncio.wait_for(generator.started.wait(), 20)
+            # Hold the fleet's claim lock: the job's final write goes out, and
+            # the claim riding on it waits inside the same transaction.
+            await holder.execute(
+                "SELECT pg_advisory_xact_lock(%s)", (queue.FLEET_CLAIM_LOCK,)
+            )
+            generator.gate.set()
+
+            async with pool.connection() as watcher, asyncio.timeout(20):
+                while not await _waits_for_an_advisory_lock(watcher):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            # A stop with no grace: shutdown stops waiting while that write,
+            # and the claim in it, are still in flight.
+            worker.stop()
+            worker.stop()
+            await asyncio.sleep(0.3)
+            await holder.commit()  # the write and its claim go through now
+            return await asyncio.wait_for(run, 30)
+
+    stats = asyncio.run(scenario())
+
+    rows = dict(
+        (r[0], r[1:])
+        for r in query(
+            clean_db,
+            "SELECT id::text, state, lease_token IS NULL, attempts "
+            "FROM generated_artifacts",
+        )
+    )
+    finished = [i for i in ids if rows[i][0] == "success"]
+    assert len(finished) == 1
+    # The row the late claim took was handed back at once, its attempt not
+    # counted; nothing is left leased to a worker that has stopped.
+    assert sorted(rows[i] for i in ids if i not in finished) == [
+        ("processing", True, 0),
+        ("processing", True, 0),
+    ]
+    assert stats.released == 1  # the late row; the finished one needed no release
