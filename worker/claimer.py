@@ -56,15 +56,14 @@ class Claimer:
         """Lease up to ``limit`` claimable rows (fewer under the fleet cap)."""
         if limit <= 0:
             return []
-        params = {
-            "limit": limit,
+        params: dict[str, Any] = {
             "worker_id": self._worker_id,
             "lease_s": self._lease_s,
         }
         async with self._pool.connection() as conn:
             if self._fleet_cap is None:
-                return await _fetch(conn, queue.CLAIM_BATCH, params)
-            params["fleet_cap"] = self._fleet_cap
+                return await _fetch(conn, queue.claim_batch_for(limit), params)
+            params.update(limit=limit, fleet_cap=self._fleet_cap)
             return await _fetch_capped(conn, params)
 
     async def send_capped_claim(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from shared import queue
 from shared.errors import ErrorCode, error_content
@@ -18,6 +20,7 @@ from shared.repository import (
     update_content_and_state,
 )
 from tests.support.processes import query, scalar, seed
+from worker.claimer import Claimer
 
 
 def claim(
@@ -471,3 +474,49 @@ def test_reads_of_unfinished_rows__never_scan_the_finished_ones(
         conn.rollback()
 
     assert "Seq Scan on generated_artifacts" not in plan, plan
+
+
+def test_worker_claim__is_planned_once_per_connection_beside_many_finished_rows(
+    clean_db: str,
+) -> None:
+    # With ``LIMIT $1`` a prepared claim beside this many finished rows was
+    # planned anew on every run: PostgreSQL priced the generic plan from a
+    # guessed limit and kept choosing per-run plans. The worker's claim has
+    # its limit in the text, so after psycopg prepares it and PostgreSQL's
+    # five trial plans, the one cached plan serves every claim.
+    [task_id] = query(
+        clean_db,
+        "INSERT INTO tasks (name, transcript) VALUES ('done', 'x') RETURNING id",
+    )[0]
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO generated_artifacts (task_id, artifact_type, version, state, "
+            "content, finished_at) SELECT %s, 'meeting_minutes', g, 'success', "
+            "'{}'::jsonb, now() FROM generate_series(1, 50000) g",
+            (task_id,),
+        )
+        conn.execute(
+            "INSERT INTO generated_artifacts (task_id, artifact_type, version, state) "
+            "SELECT %s, 'summary', g, 'processing' FROM generate_series(1, 2000) g",
+            (task_id,),
+        )
+        conn.execute("VACUUM ANALYZE generated_artifacts")
+
+    async def claims() -> list[tuple[int, int]]:
+        async with AsyncConnectionPool(
+            clean_db, min_size=1, max_size=1, kwargs={"autocommit": True}
+        ) as pool:
+            claimer = Claimer(pool, worker_id="w", lease_s=30, fleet_cap=None)
+            for _ in range(30):
+                assert len(await claimer.claim_batch(10)) == 10
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%%FOR UPDATE SKIP LOCKED%%'"
+                )
+                return await cur.fetchall()
+
+    [(generic, custom)] = asyncio.run(claims())
+
+    assert custom <= 5
+    assert generic == 30 - 5 - custom  # the first five runs are not prepared
