@@ -23,13 +23,36 @@ def _claim_all(url: str) -> list[tuple[str, str]]:
     return [(r[0], r[5]) for r in rows]
 
 
+class _Refills:
+    """What a worker gives the completer: slots to fill, and where rows go."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.calls: list[tuple[list[str], int, bool]] = []
+
+    def reserve(self) -> int:
+        return self.slots
+
+    def started(self, rows: list, asked: int, batch: list, committed: bool) -> None:
+        self.calls.append(([r.id for r in rows], asked, committed))
+
+
 async def _finish_all(
-    url: str, outcomes: list[tuple[str, str, dict]]
+    url: str,
+    outcomes: list[tuple[str, str, dict]],
+    *,
+    refills: _Refills | None = None,
+    cap: int | None = None,
 ) -> list[bool | BaseException]:
+    """Finish ``outcomes`` through one completer; with ``refills``, claims ride."""
     async with AsyncConnectionPool(
         url, min_size=1, max_size=2, kwargs={"autocommit": True}
     ) as pool:
-        completer = Completer(pool, channels=["wecom"])
+        refill = None
+        if refills is not None:
+            claimer = Claimer(pool, worker_id="w", lease_s=30, fleet_cap=cap)
+            refill = Refill(claimer, refills.reserve, refills.started)
+        completer = Completer(pool, channels=["wecom"], refill=refill)
         runner = asyncio.create_task(completer.run())
         results = await asyncio.gather(
             *(
@@ -100,20 +123,6 @@ def test_completer__a_stale_token_is_reported_unwritten(
 # -- claims riding on final writes (under a fleet cap) ------------------------
 
 
-class _Refills:
-    """What a worker gives the completer: slots to fill, and where rows go."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.calls: list[tuple[list[str], int, bool]] = []
-
-    def reserve(self) -> int:
-        return self.slots
-
-    def started(self, rows: list, asked: int, batch: list, committed: bool) -> None:
-        self.calls.append(([r.id for r in rows], asked, committed))
-
-
 def _claim_capped(url: str, limit: int, cap: int) -> list[tuple[str, str]]:
     async def claim() -> list[tuple[str, str]]:
         async with AsyncConnectionPool(
@@ -123,31 +132,6 @@ def _claim_capped(url: str, limit: int, cap: int) -> list[tuple[str, str]]:
             return [(r.id, r.lease_token) for r in await claimer.claim_batch(limit)]
 
     return asyncio.run(claim())
-
-
-async def _finish_with_refill(
-    url: str, outcomes: list[tuple[str, str, dict]], refills: _Refills, cap: int
-) -> list[bool | BaseException]:
-    async with AsyncConnectionPool(
-        url, min_size=1, max_size=2, kwargs={"autocommit": True}
-    ) as pool:
-        claimer = Claimer(pool, worker_id="w", lease_s=30, fleet_cap=cap)
-        completer = Completer(
-            pool,
-            channels=[],
-            refill=Refill(claimer, refills.reserve, refills.started),
-        )
-        runner = asyncio.create_task(completer.run())
-        results = await asyncio.gather(
-            *(
-                completer.finish(Finish(i, t, "success", c, {}, None))
-                for i, t, c in outcomes
-            ),
-            return_exceptions=True,
-        )
-        await completer.close()
-        await runner
-    return results
 
 
 def test_refill__claims_the_capacity_the_write_frees_in_the_same_transaction(
@@ -161,8 +145,8 @@ def test_refill__claims_the_capacity_the_write_frees_in_the_same_transaction(
     refills = _Refills(slots=3)
 
     [result] = asyncio.run(
-        _finish_with_refill(
-            clean_db, [(done_id, done_token, {"text": "x"})], refills, cap
+        _finish_all(
+            clean_db, [(done_id, done_token, {"text": "x"})], refills=refills, cap=cap
         )
     )
 
@@ -192,8 +176,11 @@ def test_refill__a_write_that_fails_claims_nothing(clean_db: str) -> None:
     refills = _Refills(slots=2)
 
     [result] = asyncio.run(
-        _finish_with_refill(
-            clean_db, [(artifact_id, token, {"text": "bad\u0000"})], refills, cap
+        _finish_all(
+            clean_db,
+            [(artifact_id, token, {"text": "bad\u0000"})],
+            refills=refills,
+            cap=cap,
         )
     )
 
@@ -213,7 +200,9 @@ def test_refill__asks_for_nothing_when_the_worker_has_no_slots(clean_db: str) ->
     refills = _Refills(slots=0)
 
     [result] = asyncio.run(
-        _finish_with_refill(clean_db, [(artifact_id, token, {"text": "x"})], refills, 5)
+        _finish_all(
+            clean_db, [(artifact_id, token, {"text": "x"})], refills=refills, cap=5
+        )
     )
 
     assert result is True

@@ -45,6 +45,29 @@ async def _until(condition: Any, timeout_s: float = 20.0) -> None:
             await asyncio.sleep(0.02)
 
 
+def _config(url: str, **settings: Any) -> WorkerConfig:
+    """A worker's settings for these tests: ``settings`` over quiet defaults."""
+    defaults: dict[str, Any] = {
+        "concurrency": 2,
+        "lease_s": 30,
+        "poll_interval_s": 0.1,
+        "shutdown_grace_s": 5,
+        "attempt_timeout_s": 60,
+        "locale": "en",
+    }
+    return WorkerConfig(database_url=url, listen_url=url, **{**defaults, **settings})
+
+
+def _pool(url: str) -> AsyncConnectionPool:
+    return AsyncConnectionPool(url, min_size=1, max_size=4, kwargs={"autocommit": True})
+
+
+def _worker(config: WorkerConfig, generator: Any, pool: AsyncConnectionPool) -> Worker:
+    return Worker(
+        config, generator=generator, artifact_types=load_artifact_types(), pool=pool
+    )
+
+
 def test_worker__reclaiming_its_own_lapsed_row_stops_the_old_job_and_keeps_the_new(
     clean_db: str,
 ) -> None:
@@ -52,25 +75,8 @@ def test_worker__reclaiming_its_own_lapsed_row_stops_the_old_job_and_keeps_the_n
 
     async def scenario() -> tuple[int, int, int]:
         generator = GatedGenerator()
-        config = WorkerConfig(
-            database_url=clean_db,
-            listen_url=clean_db,
-            concurrency=2,
-            lease_s=30,
-            poll_interval_s=0.1,
-            shutdown_grace_s=5,
-            attempt_timeout_s=60,
-            locale="en",
-        )
-        async with AsyncConnectionPool(
-            clean_db, min_size=1, max_size=4, kwargs={"autocommit": True}
-        ) as pool:
-            worker = Worker(
-                config,
-                generator=generator,
-                artifact_types=load_artifact_types(),
-                pool=pool,
-            )
+        async with _pool(clean_db) as pool:
+            worker = _worker(_config(clean_db), generator, pool)
             run = asyncio.create_task(worker.run())
             await asyncio.wait_for(generator.started.wait(), 20)
             # The lease lapses while the job runs (say its renewals could not
@@ -133,28 +139,16 @@ def test_worker__under_a_fleet_cap_claims_ride_on_final_writes_and_drain_ends(
 
     async def scenario() -> tuple[int, Any]:
         generator = CountingGenerator()
-        config = WorkerConfig(
-            database_url=clean_db,
-            listen_url=clean_db,
+        config = _config(
+            clean_db,
             concurrency=4,
-            lease_s=30,
             # Far beyond the test's timeout: draining must not wait for a poll.
             poll_interval_s=60,
-            shutdown_grace_s=5,
-            attempt_timeout_s=60,
-            locale="en",
             fleet_concurrency=cap,
             drain=True,
         )
-        async with AsyncConnectionPool(
-            clean_db, min_size=1, max_size=4, kwargs={"autocommit": True}
-        ) as pool:
-            worker = Worker(
-                config,
-                generator=generator,
-                artifact_types=load_artifact_types(),
-                pool=pool,
-            )
+        async with _pool(clean_db) as pool:
+            worker = _worker(config, generator, pool)
             stats = await asyncio.wait_for(worker.run(), 20)
         return generator.most, stats
 
@@ -192,31 +186,20 @@ def test_worker__rows_a_write_claims_after_shutdown_stops_waiting_go_back(
 
     async def scenario() -> Any:
         generator = GatedGenerator()
-        config = WorkerConfig(
-            database_url=clean_db,
-            listen_url=clean_db,
+        config = _config(
+            clean_db,
             # One slot: the claim loop, with its slot taken, sends no claim of
             # its own, so the claim waiting below is the one riding the write.
             concurrency=1,
-            lease_s=30,
             poll_interval_s=60,
             shutdown_grace_s=30,
-            attempt_timeout_s=60,
-            locale="en",
             fleet_concurrency=1,
         )
         async with (
-            AsyncConnectionPool(
-                clean_db, min_size=1, max_size=4, kwargs={"autocommit": True}
-            ) as pool,
+            _pool(clean_db) as pool,
             await psycopg.AsyncConnection.connect(clean_db) as holder,
         ):
-            worker = Worker(
-                config,
-                generator=generator,
-                artifact_types=load_artifact_types(),
-                pool=pool,
-            )
+            worker = _worker(config, generator, pool)
             run = asyncio.create_task(worker.run())
             await asyncio.wait_for(generator.started.wait(), 20)
             # Hold the fleet's claim lock: the job's final write goes out, and
