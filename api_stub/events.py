@@ -2,9 +2,10 @@
 
 Every statement that changes rows' state or ``metadata.progress`` sends one
 NOTIFY on channel ``artifactd_events`` whose payload is a JSON array of
-``{"artifact_id", "state"}`` (a single object is accepted too). ``EventHub`` holds the only listening connection and wakes the
-streams subscribed to that artifact; a stream then reads the row itself, so
-a wake-up says only "look again" and several of them coalesce into one read.
+``{"artifact_id", "state"}`` (a single object is accepted too). ``EventHub``
+holds the only listening connection and wakes the streams subscribed to that
+artifact; a stream then reads the row itself, so a wake-up says only "look
+again" and several of them coalesce into one read.
 
 If the connection drops, the hub reconnects with backoff and wakes every
 stream once it is back, since notifications sent meanwhile are lost; while it
