@@ -244,11 +244,6 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    # Each stream event is a small write of its own. With Nagle's algorithm
-    # on, one written right after another waits for the client's ACK of the
-    # first (tens of ms at worst), a delay no real API adds; every HTTP
-    # server in front of one sets TCP_NODELAY.
-    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:
