@@ -474,6 +474,9 @@ def test_generate__connection_refused_is_unavailable(
 
     assert error.code is ErrorCode.LLM_UNAVAILABLE
     assert isinstance(error, RetryableJobError)
+    # Not taken for a cut stream: the SDK (2.17 and later) raises the same
+    # error type for both, and only the stream having begun tells them apart.
+    assert "cannot reach the API (ConnectError)" in (error.detail or "")
 
 
 def test_generate__stream_cut_mid_way_is_unavailable(

@@ -38,8 +38,12 @@ source rather than taken from older examples:
   and cumulative usage, ``message_stop``. The SDK drops ``ping`` events, so
   pings alone count as a stall here. An ``error`` event mid-stream raises
   ``APIStatusError`` with the stream's own ``status_code`` (200) and the
-  event's ``type``; a connection cut mid-stream raises the bare ``httpx2``
-  error (``RemoteProtocolError``, ``ReadError``), not an SDK type. The
+  event's ``type``. A connection cut mid-stream raises the bare ``httpx2``
+  error (``RemoteProtocolError``, ``ReadError``) up to 2.16; from 2.17 the
+  SDK wraps a failed body read as ``APIConnectionError`` (a read timeout as
+  ``APITimeoutError``) with the ``httpx2`` error as its cause, the same
+  types as a request that never got through, so whether the stream had
+  begun is what tells a cut stream from an unreachable API here. The
   ``request-id`` header is on ``stream.response``.
 - ``messages.stream()`` wraps that same stream in a helper that, on every
   event, rebuilds a message snapshot (``message_start`` parametrises a
@@ -408,6 +412,21 @@ class _Step:
     user: str
 
 
+def _mid_stream_error(answer: _Accumulator, cause: Exception) -> _LLMCallError:
+    """A stream that failed after its answer began: a read timeout or a cut."""
+    if isinstance(cause, httpx2.TimeoutException):
+        return _LLMCallError(
+            ErrorCode.LLM_TIMEOUT,
+            f"read timed out mid-stream ({type(cause).__name__})",
+            request_id=answer.request_id,
+        )
+    return _LLMCallError(
+        ErrorCode.LLM_UNAVAILABLE,
+        f"stream cut after {answer.chars} chars ({type(cause).__name__})",
+        request_id=answer.request_id,
+    )
+
+
 class AnthropicGenerator:
     """Writes documents with Claude; see the module docstring for the limits.
 
@@ -756,6 +775,7 @@ class AnthropicGenerator:
         """Stream one request under the request and stall timeouts."""
         loop = asyncio.get_running_loop()
         answer = _Accumulator()
+        begun = False  # the status line is in; what fails now fails mid-stream
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 # The raw events, not ``messages.stream()``: see the module
@@ -767,6 +787,7 @@ class AnthropicGenerator:
                     messages=[{"role": "user", "content": step.user}],
                     stream=True,
                 )
+                begun = True
                 answer.request_id = stream.response.headers.get("request-id")
                 # The stall clock starts once the answer has begun; the wait
                 # for the status line is the request timeout's.
@@ -809,28 +830,24 @@ class AnthropicGenerator:
             ) from None
         except anthropic.APIStatusError as exc:
             raise classify_status_error(exc) from exc
-        except anthropic.APITimeoutError as exc:
-            raise _LLMCallError(ErrorCode.LLM_TIMEOUT, "HTTP client timed out") from exc
         except anthropic.APIConnectionError as exc:
-            cause = (
-                type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
-            )
+            # Before the answer began: the request never got through. After
+            # it (SDK 2.17 and later wrap a failed body read this way, with
+            # the httpx2 error as the cause): the stream was cut.
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            if begun:
+                raise _mid_stream_error(answer, cause) from exc
+            if isinstance(exc, anthropic.APITimeoutError):
+                raise _LLMCallError(
+                    ErrorCode.LLM_TIMEOUT, "HTTP client timed out"
+                ) from exc
+            reason = type(cause).__name__ if cause is not exc else "connection error"
             raise _LLMCallError(
-                ErrorCode.LLM_UNAVAILABLE, f"cannot reach the API ({cause})"
-            ) from exc
-        except httpx2.TimeoutException as exc:
-            raise _LLMCallError(
-                ErrorCode.LLM_TIMEOUT,
-                f"read timed out mid-stream ({type(exc).__name__})",
-                request_id=answer.request_id,
+                ErrorCode.LLM_UNAVAILABLE, f"cannot reach the API ({reason})"
             ) from exc
         except httpx2.TransportError as exc:
-            # A connection cut mid-stream comes out of httpx2 unwrapped.
-            raise _LLMCallError(
-                ErrorCode.LLM_UNAVAILABLE,
-                f"stream cut after {answer.chars} chars ({type(exc).__name__})",
-                request_id=answer.request_id,
-            ) from exc
+            # SDK 2.16 and earlier let a failed body read out of httpx2 bare.
+            raise _mid_stream_error(answer, exc) from exc
         return answer.result()
 
     def _scrub(self, text: str) -> str:
