@@ -3,9 +3,10 @@
 Moving parts, each a coroutine: the claimer loop (claims when slots are free
 and something woke it), the heartbeat (renews every lease this process holds
 in one statement), the rescuer (fails rows whose workers died too often),
-the completer (batched final writes), the listener (LISTEN/NOTIFY wake-ups)
-and any extra loops the caller adds (the notifier, metrics). No transaction
-stays open while a job runs.
+the completer (batched final writes, and under a fleet cap the claims that
+ride on them), the listener (LISTEN/NOTIFY wake-ups) and any extra loops the
+caller adds (the notifier, metrics). No transaction stays open while a job
+runs.
 
 Shutdown (SIGTERM/SIGINT): stop claiming, give running jobs
 ``shutdown_grace_s`` to finish, then cancel the rest and hand their rows back
