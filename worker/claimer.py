@@ -56,15 +56,11 @@ class Claimer:
         """Lease up to ``limit`` claimable rows (fewer under the fleet cap)."""
         if limit <= 0:
             return []
-        params: dict[str, Any] = {
-            "worker_id": self._worker_id,
-            "lease_s": self._lease_s,
-        }
         async with self._pool.connection() as conn:
             if self._fleet_cap is None:
+                params = {"worker_id": self._worker_id, "lease_s": self._lease_s}
                 return await _fetch(conn, queue.claim_batch_for(limit), params)
-            params.update(limit=limit, fleet_cap=self._fleet_cap)
-            return await _fetch_capped(conn, params)
+            return await _fetch_capped(conn, self._capped_params(limit))
 
     async def send_capped_claim(
         self, conn: AsyncConnection, limit: int
@@ -81,14 +77,16 @@ class Claimer:
                 "a claim in another statement's transaction needs a fleet cap"
             )
         cur: AsyncCursor[ClaimedRow] = conn.cursor(row_factory=claimed_row)
-        params = {
+        await _send_capped(conn, cur, self._capped_params(limit))
+        return cur
+
+    def _capped_params(self, limit: int) -> dict[str, Any]:
+        return {
             "limit": limit,
             "worker_id": self._worker_id,
             "lease_s": self._lease_s,
             "fleet_cap": self._fleet_cap,
         }
-        await _send_capped(conn, cur, params)
-        return cur
 
 
 def claimed_row(cursor: Any) -> RowMaker[ClaimedRow]:

@@ -206,11 +206,13 @@ class Completer:
         """One try at writing ``batch``, with a refill claim when there is one."""
         refill = None if self._closing else self._refill
         asked = refill.reserve() if refill is not None else 0
+        if not asked:
+            refill = None
         claimed: list[ClaimedRow] = []
         committed = False
         try:
             async with self._pool.connection() as conn:
-                if asked and refill is not None:
+                if refill is not None:
                     written, claimed = await self._execute_and_claim(
                         conn, finishes, releases, refill.claimer, asked
                     )
@@ -221,7 +223,7 @@ class Completer:
         finally:
             # Before the batch's jobs hear their verdict, so the jobs claimed
             # in their place are running when the old ones leave.
-            if asked and refill is not None:
+            if refill is not None:
                 refill.started(claimed, asked, batch, committed)
 
     async def _execute(

@@ -206,14 +206,14 @@ class Worker:
             # Cleared before looking, so a wake-up (NOTIFY, a finished job)
             # that lands during the claim below makes the next sleep return.
             self._wake.clear()
-            free = self.config.concurrency - len(self._jobs) - self._reserved
-            if self.config.fleet_concurrency is None:
-                # A job whose outcome is with the completer is done with the
-                # model, so its slot is free: the next claim goes out while
-                # that final write is in flight, not after it. Under a fleet
-                # cap the row counts until the write commits, so a claim sent
-                # earlier would find the cap full.
-                free += self._completer.unwritten
+            # A job whose outcome is with the completer is done with the
+            # model, so its slot is free: the next claim goes out while that
+            # final write is in flight, not after it. Under a fleet cap the
+            # row counts until the write commits, so a claim sent earlier
+            # would find the cap full (the claim riding on the write takes it).
+            free = self._free_slots(
+                count_unwritten=self.config.fleet_concurrency is None
+            )
             if free <= 0:
                 await self._sleep(None)
                 continue
@@ -284,6 +284,11 @@ class Worker:
             return False
         return row is not None and row[0] == 0
 
+    def _free_slots(self, *, count_unwritten: bool) -> int:
+        """Slots no job holds and no claim in flight has promised away."""
+        free = self.config.concurrency - len(self._jobs) - self._reserved
+        return free + self._completer.unwritten if count_unwritten else free
+
     def _reserve_refill(self) -> int:
         """Slots for a claim riding on the final write about to go out (0: none).
 
@@ -293,13 +298,7 @@ class Worker:
         """
         if self._stopping.is_set():
             return 0
-        free = (
-            self.config.concurrency
-            - len(self._jobs)
-            - self._reserved
-            + self._completer.unwritten
-        )
-        asked = min(free, self._claim_limit)
+        asked = min(self._free_slots(count_unwritten=True), self._claim_limit)
         if asked <= 0:
             return 0
         self._reserved += asked
