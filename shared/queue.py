@@ -226,6 +226,25 @@ WHERE a.id = i.id AND a.lease_token = i.token AND a.state = 'processing'
 RETURNING a.id::text, i.token::text
 """
 
+# After a write whose connection failed, the retry finds the tokens of any
+# outcome the lost commit did write already gone. Which of ``batch`` (objects
+# of {id, attempt, state, content, metadata, error}; state null for a retry
+# release) are in the row as this very attempt left them: a final state with
+# this content and metadata at this attempt, or this attempt's error in the
+# history. The error carries the attempt and worker, and every claim counts
+# an attempt, so another attempt's write does not match. Returns ``id``.
+ALREADY_WRITTEN = """
+SELECT a.id::text
+FROM jsonb_to_recordset(%(batch)s::jsonb) AS i(
+        id uuid, attempt int, state text, content jsonb, metadata jsonb, error jsonb)
+    JOIN generated_artifacts a ON a.id = i.id
+WHERE (i.error IS NULL
+       OR coalesce(a.metadata->'errors', '[]'::jsonb) @> jsonb_build_array(i.error))
+  AND (i.state IS NULL
+       OR (a.state = i.state AND a.attempts = i.attempt
+           AND a.content = i.content AND a.metadata @> i.metadata))
+"""
+
 # Shutdown: hand unfinished rows back at once. The attempt is not counted
 # against the row, since the worker stopped, not the job.
 RELEASE_ON_SHUTDOWN = """

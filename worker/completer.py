@@ -38,6 +38,7 @@ class Finish:
     content: dict[str, Any]
     metadata: dict[str, Any]
     error: dict[str, Any] | None
+    attempt: int  # the row's attempts as claimed: which attempt wrote it
     written: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -152,6 +153,8 @@ class Completer:
         while True:
             try:
                 written = await self._attempt(finishes, releases, batch)
+                if first_failure is not None:
+                    written |= await self._already_written(batch, written)
                 break
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 now = time.monotonic()
@@ -166,7 +169,8 @@ class Completer:
                     break
                 # The database is away: keep the outcomes and try again. Writes
                 # are fenced by the lease token, so a retry after a commit whose
-                # answer was lost writes nothing the second time.
+                # answer was lost writes nothing the second time; the outcomes
+                # it finds gone are then looked up (``_already_written``).
                 log.warning(
                     "completer.write_failed",
                     error=str(exc).strip(),
@@ -225,6 +229,45 @@ class Completer:
             # in their place are running when the old ones leave.
             if refill is not None:
                 refill.started(claimed, asked, batch, committed)
+
+    async def _already_written(
+        self, batch: list[Finish | Release], written: set[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """The outcomes of ``batch`` not in ``written`` that an earlier try wrote.
+
+        A try whose connection failed may still have committed: the retry
+        then finds those tokens gone and would report the outcomes refused
+        (their jobs logging a result discarded that is in fact stored).
+        The rows say which of them hold exactly what this attempt wrote.
+        """
+        missing = [o for o in batch if (o.artifact_id, o.lease_token) not in written]
+        if not missing:
+            return set()
+        lookup = [
+            {
+                "id": o.artifact_id,
+                "attempt": o.attempt,
+                "state": o.state,
+                "content": o.content,
+                "metadata": o.metadata,
+                "error": o.error or None,
+            }
+            if isinstance(o, Finish)
+            else {"id": o.artifact_id, "error": o.error}
+            for o in missing
+        ]
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(queue.ALREADY_WRITTEN, {"batch": _json(lookup)})
+            found = {row[0] for row in await cur.fetchall()}
+        if found:
+            log.info(
+                "completer.write_confirmed",
+                artifacts=len(found),
+                reason="an earlier try committed before its connection failed",
+            )
+        return {
+            (o.artifact_id, o.lease_token) for o in missing if o.artifact_id in found
+        }
 
     async def _execute(
         self, conn: Any, finishes: list[Finish], releases: list[Release]

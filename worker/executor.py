@@ -270,7 +270,13 @@ class Executor:
         job.handed_over = True
         written = await self._completer.finish(
             Finish(
-                job.id, job.token, "success", storable(result.content()), metadata, None
+                job.id,
+                job.token,
+                "success",
+                storable(result.content()),
+                metadata,
+                None,
+                job.row.attempts,
             )
         )
         if not written:
@@ -323,6 +329,7 @@ class Executor:
                 content,
                 {"duration_ms": duration_ms},
                 error,
+                row.attempts,
             )
         )
         if written:

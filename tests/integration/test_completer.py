@@ -7,12 +7,14 @@ import asyncio
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from shared import queue
+from tests.support.pg_proxy import PgProxy
 from tests.support.processes import query, seed
 from worker.claimer import Claimer
-from worker.completer import Completer, Finish, Refill
+from worker.completer import Completer, Finish, Refill, Release
 
 
 def _claim_all(url: str) -> list[tuple[str, str]]:
@@ -56,7 +58,7 @@ async def _finish_all(
         runner = asyncio.create_task(completer.run())
         results = await asyncio.gather(
             *(
-                completer.finish(Finish(i, t, "success", c, {}, None))
+                completer.finish(Finish(i, t, "success", c, {}, None, 1))
                 for i, t, c in outcomes
             ),
             return_exceptions=True,
@@ -118,6 +120,120 @@ def test_completer__a_stale_token_is_reported_unwritten(
 
     assert result is False
     assert query(clean_db, "SELECT state FROM generated_artifacts") == [("processing",)]
+
+
+# -- a commit whose reply was lost -------------------------------------------
+
+
+def _write_through(
+    proxy: PgProxy, outcomes: list[tuple[str, str, str | None]]
+) -> list[bool]:
+    """Hand ``outcomes`` (id, token, final state or None for a retry release)
+    to one completer whose connections go through ``proxy``, as one batch."""
+
+    async def run() -> list[bool]:
+        async with AsyncConnectionPool(
+            proxy.url(), min_size=1, max_size=1, kwargs={"autocommit": True}
+        ) as pool:
+            completer = Completer(pool, channels=["wecom"])
+            waits = []
+            for artifact_id, token, state in outcomes:
+                if state is None:
+                    error = {
+                        "error_code": "LLM_UNAVAILABLE",
+                        "attempt": 1,
+                        "worker_id": "w",
+                    }
+                    waits.append(
+                        completer.release(Release(artifact_id, token, 60.0, error))
+                    )
+                else:
+                    content = {"text": f"{state} {artifact_id}"}
+                    metadata = {"duration_ms": 7, "worker_id": "w"}
+                    waits.append(
+                        completer.finish(
+                            Finish(
+                                artifact_id, token, state, content, metadata, None, 1
+                            )
+                        )
+                    )
+            runner = asyncio.create_task(completer.run())
+            results = await asyncio.gather(*waits)
+            await completer.close()
+            await runner
+        return list(results)
+
+    return asyncio.run(run())
+
+
+def test_completer__a_commit_whose_reply_was_lost_counts_as_written(
+    clean_db: str,
+) -> None:
+    seed(clean_db, 2)
+    (done_id, done_token), (retry_id, retry_token) = _claim_all(clean_db)
+    with PgProxy(clean_db) as proxy:
+        # The batch commits, then its connection drops before the reply.
+        proxy.cut_after_commit(b"jsonb_to_recordset")
+
+        results = _write_through(
+            proxy, [(done_id, done_token, "success"), (retry_id, retry_token, None)]
+        )
+
+        assert proxy.cuts == 1
+    # The retry found both tokens gone, and both outcomes in their rows.
+    assert results == [True, True]
+    assert query(
+        clean_db,
+        "SELECT id::text, state, lease_token IS NULL, "
+        "jsonb_array_length(coalesce(metadata->'errors', '[]')) "
+        "FROM generated_artifacts ORDER BY state DESC",
+    ) == [(done_id, "success", True, 0), (retry_id, "processing", True, 1)]
+    # Written once: one notification, one error in the history.
+    assert query(clean_db, "SELECT artifact_id::text FROM notifications") == [
+        (done_id,)
+    ]
+
+
+def test_completer__after_a_lost_reply_another_attempts_row_is_not_claimed_as_ours(
+    clean_db: str,
+) -> None:
+    seed(clean_db, 2)
+    (done_id, done_token), (taken_id, _) = _claim_all(clean_db)
+    # The second row's lease went to another attempt (attempt 2, a new token)
+    # before this one's write: its token is stale.
+    query(
+        clean_db,
+        "UPDATE generated_artifacts SET lease_token = gen_random_uuid(), "
+        "attempts = 2 WHERE id = %s RETURNING id",
+        (taken_id,),
+    )
+    stale_token = "00000000-0000-0000-0000-000000000000"
+    with PgProxy(clean_db) as proxy:
+        proxy.cut_after_commit(
+            b"jsonb_to_recordset",
+            # Between the lost reply and the retry, the other attempt ends
+            # the row with the very content this one meant to write.
+            on_cut=lambda: query(
+                clean_db,
+                "UPDATE generated_artifacts SET state = 'success', content = %s, "
+                "metadata = metadata || %s, lease_token = NULL "
+                "WHERE id = %s RETURNING id",
+                (
+                    Jsonb({"text": f"success {taken_id}"}),
+                    Jsonb({"duration_ms": 7, "worker_id": "w"}),
+                    taken_id,
+                ),
+            ),
+        )
+
+        results = _write_through(
+            proxy,
+            [(done_id, done_token, "success"), (taken_id, stale_token, "success")],
+        )
+
+    # Same content, but attempt 2's write: this attempt's outcome was refused.
+    assert results == [True, False]
+    assert query(clean_db, "SELECT count(*) FROM notifications") == [(1,)]
 
 
 # -- claims riding on final writes (under a fleet cap) ------------------------
