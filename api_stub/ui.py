@@ -135,16 +135,19 @@ def render_markdown(text: str) -> Markup:
 
 
 def _format_time(value: Any) -> str:
+    moment: datetime
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             return value
-    if not isinstance(value, datetime):
+    elif isinstance(value, datetime):
+        moment = value
+    else:
         return "–"
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _format_age(seconds: Any) -> str:

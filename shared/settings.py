@@ -375,9 +375,14 @@ class Settings(BaseSettings):
 
 
 # Environment variable for each field, for CLI help and error messages.
+def _env_name(field: Any) -> str:
+    """The upper-case alias among a field's ``AliasChoices``: its variable."""
+    choices = field.validation_alias.choices
+    return next(a for a in choices if isinstance(a, str) and a.isupper())
+
+
 ENV_NAMES: dict[str, str] = {
-    name: next(a for a in field.validation_alias.choices if a.isupper())  # type: ignore[union-attr]
-    for name, field in Settings.model_fields.items()
+    name: _env_name(field) for name, field in Settings.model_fields.items()
 }
 
 

@@ -112,14 +112,18 @@ def claimed_row(cursor: Any) -> RowMaker[ClaimedRow]:
     return make
 
 
-async def _fetch(conn: AsyncConnection, sql: str, params: dict) -> list[ClaimedRow]:
+async def _fetch(
+    conn: AsyncConnection, sql: str, params: dict[str, Any]
+) -> list[ClaimedRow]:
     cur: AsyncCursor[ClaimedRow]
     async with conn.cursor(row_factory=claimed_row) as cur:
         await cur.execute(sql, params)
         return await cur.fetchall()
 
 
-async def _fetch_capped(conn: AsyncConnection, params: dict) -> list[ClaimedRow]:
+async def _fetch_capped(
+    conn: AsyncConnection, params: dict[str, Any]
+) -> list[ClaimedRow]:
     """The lock and the capped claim in one round trip (pipeline mode).
 
     Both statements go out together and run in one transaction that ends at
@@ -137,7 +141,7 @@ async def _fetch_capped(conn: AsyncConnection, params: dict) -> list[ClaimedRow]
 
 
 async def _send_capped(
-    conn: AsyncConnection, cur: AsyncCursor[ClaimedRow], params: dict
+    conn: AsyncConnection, cur: AsyncCursor[ClaimedRow], params: dict[str, Any]
 ) -> None:
     """Queue the fleet lock and the capped claim in ``conn``'s open pipeline."""
     await conn.execute(queue.LOCK_FLEET_CLAIMS)

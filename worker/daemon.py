@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -81,6 +81,21 @@ def pool_size(concurrency: int) -> int:
     return max(2, min(4 + concurrency // 16, 10))
 
 
+# A background loop the worker runs beside its own, made once the worker exists.
+LoopFactory = Callable[[Worker], Coroutine[Any, Any, None]]
+
+
+def _bound(
+    factory: LoopFactory, holder: list[Worker]
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``factory`` as the worker's loop, given the worker once ``holder`` has it."""
+    return lambda: factory(holder[0])
+
+
+def _notifier_loop(notifier: Any) -> LoopFactory:
+    return lambda _: _notifier_in_worker(notifier)
+
+
 # How long a stopping worker lets its notifier finish the sends in flight.
 NOTIFIER_STOP_S = 5.0
 
@@ -108,7 +123,7 @@ async def run_worker(
     *,
     generator_name: str | None = None,
     drain: bool = False,
-    extra_loops: list[Callable[[Worker], Awaitable[None]]] | None = None,
+    extra_loops: list[LoopFactory] | None = None,
     on_outcome: list[OutcomeHook] | None = None,
     on_started: Callable[[Worker], Any] | None = None,
 ) -> WorkerStats:
@@ -175,10 +190,10 @@ async def run_worker(
                 settings, pool, notifier_id=config.worker_id, artifact_types=types
             )
             if notifier is not None:
-                loop_factories.append(lambda _, n=notifier: _notifier_in_worker(n))
+                loop_factories.append(_notifier_loop(notifier))
                 hooks.append(notifier.on_outcome)
         holder: list[Worker] = []
-        loops = [(lambda f=f: f(holder[0])) for f in loop_factories]
+        loops = [_bound(f, holder) for f in loop_factories]
         worker = Worker(
             config,
             generator=generator,

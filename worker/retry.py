@@ -27,8 +27,8 @@ def retry_delay_s(
     Full jitter over ``[base/2, base * 2**(attempt-1)]`` keeps a burst of
     failures from coming back in lockstep.
     """
-    draw = (rng or random).random()
-    ceiling = min(cap_s, base_s * 2 ** max(attempt - 1, 0))
+    draw = rng.random() if rng is not None else random.random()
+    ceiling = min(cap_s, base_s * 2.0 ** max(attempt - 1, 0))
     delay = base_s / 2 + draw * max(ceiling - base_s / 2, 0.0)
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, cap_s))

@@ -20,8 +20,9 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import structlog
@@ -81,7 +82,7 @@ class Worker:
         generator: Generator,
         artifact_types: dict[str, ArtifactType],
         pool: AsyncConnectionPool,
-        extra_loops: list[Callable[[], Awaitable[None]]] | None = None,
+        extra_loops: list[Callable[[], Coroutine[Any, Any, None]]] | None = None,
         on_outcome: list[OutcomeHook] | None = None,
     ) -> None:
         self.config = config

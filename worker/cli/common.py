@@ -111,10 +111,10 @@ def settings_options(*names: str) -> Callable[[F], F]:
                 default=None,
                 help=_HELP.get(name, ""),
             )(func)
-            func.__artifactd_settings__ = (
+            func.__artifactd_settings__ = (  # type: ignore[attr-defined]
                 *getattr(func, "__artifactd_settings__", ()),
                 name,
-            )  # type: ignore[attr-defined]
+            )
         return func
 
     return decorate

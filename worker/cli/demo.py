@@ -125,7 +125,7 @@ def demo_command(artifact_type: str, **kwargs: Any) -> None:
 
 async def _run_until_done(
     settings: Any, url: str, batch_id: str, total: int, console: Console
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     progress = Progress(
         TextColumn("generating"),
         BarColumn(),
@@ -134,7 +134,7 @@ async def _run_until_done(
         console=console,
     )
     bar = progress.add_task("demo", total=total)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
 
     async def watch(worker: Worker) -> None:
         nonlocal rows
@@ -162,7 +162,7 @@ def _state(state: str) -> str:
     return f"[{colour}]{state}[/{colour}]"
 
 
-def _preview(content: dict) -> str:
+def _preview(content: dict[str, Any]) -> str:
     """The first key point (the section after participants), or the first lines."""
     if "error_code" in content:
         return f"{content['error_code']}: {content.get('error_message', '')}"
