@@ -38,7 +38,6 @@ from psycopg_pool import AsyncConnectionPool
 from shared import queue
 from shared.artifact_types import ArtifactType, load_artifact_types
 from shared.queue import (
-    CLAIM_NOTIFICATIONS,
     DEFER_NOTIFICATION,
     FIND_DEAD_NOTIFICATIONS,
     LOCK_RATE_KEY,
@@ -233,10 +232,10 @@ class Notifier:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ClaimedNotification))
             await cur.execute(
-                CLAIM_NOTIFICATIONS,
+                queue.claim_notifications_for(
+                    self.config.batch_size, tuple(sorted(self._channels))
+                ),
                 {
-                    "channels": list(self._channels),
-                    "limit": self.config.batch_size,
                     "notifier_id": self.id,
                     "lock_s": self.config.lock_s,
                 },

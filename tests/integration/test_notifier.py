@@ -530,6 +530,44 @@ def test_claim__skips_live_locks_takes_expired_ones_and_fences_the_old_holder(
     assert outbox(clean_db, artifact_id)["state"] == "sent"
 
 
+def test_claim__one_cached_plan_serves_every_claim(
+    clean_db: str, robots: FakeRobotServer
+) -> None:
+    # With ``LIMIT $1`` PostgreSQL planned each outbox claim anew beside this
+    # many pending rows; the notifier's claim has its batch size in the text.
+    finished_artifacts(clean_db, 2000)
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE notifications")
+    settings = load_settings(
+        database_url=clean_db, wecom_webhook_url=robots.wecom_url(robot_key())
+    )
+
+    async def claims() -> list[tuple[int, int]]:
+        # One connection, so every claim runs on it and its prepared statement.
+        async with AsyncConnectionPool(
+            clean_db, min_size=1, max_size=1, kwargs={"autocommit": True}
+        ) as pool:
+            notifier = build_notifier(settings, pool, notifier_id="plans")
+            assert notifier is not None
+            try:
+                for _ in range(30):
+                    claimed = await notifier._claim()
+                    assert len(claimed) == notifier.config.batch_size
+            finally:
+                await notifier.aclose()
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%%FROM notifications%%SKIP LOCKED%%'"
+                )
+                return await cur.fetchall()
+
+    [(generic, custom)] = run(claims())
+
+    assert custom <= 5
+    assert generic == 30 - 5 - custom  # the first five runs are not prepared
+
+
 # -- the command line --------------------------------------------------------------------
 
 
