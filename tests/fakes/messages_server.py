@@ -44,8 +44,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackHTTPServer, LoopbackServer
 
 LATENCY_ENV = "FAKE_MESSAGES_LATENCY_S"
 DEFAULT_TEXT = "# Notes\n\n- The team agreed to ship on Friday.\n"
@@ -235,10 +237,7 @@ class _ClientGone(Exception):  # noqa: N818 - a control-flow signal
     """The client closed the connection, or the server is stopping."""
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 512
+class _HTTPServer(LoopbackHTTPServer):
     fake: FakeMessagesServer
 
 
@@ -270,12 +269,16 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
 
-class FakeMessagesServer:
+class FakeMessagesServer(LoopbackServer):
     """The fake Messages API; ``start()`` returns its base URL.
 
     Usable as a context manager. ``reset()`` clears the script, the records
     and the in-flight maximum between tests that share one server.
     """
+
+    handler = _Handler
+    server_class = _HTTPServer
+    thread_name = "fake-messages-server"
 
     def __init__(
         self,
@@ -287,10 +290,9 @@ class FakeMessagesServer:
         reject_sampling_params: bool = True,
         responder: Responder | None = None,
     ) -> None:
+        super().__init__(host=host, port=port)
         if latency_s is None:
             latency_s = float(os.environ.get(LATENCY_ENV, "0") or 0)
-        self.host = host
-        self.port = port
         self.latency_s = latency_s
         self.require_api_key = require_api_key
         self.reject_sampling_params = reject_sampling_params
@@ -302,53 +304,23 @@ class FakeMessagesServer:
         self._max_in_flight = 0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
-        self._server: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle -----------------------------------------------------------
+    # -- lifecycle (see LoopbackServer) --------------------------------------
 
-    def start(self) -> str:
-        if self._server is not None:
-            return self.base_url
+    def _on_start(self) -> None:
         self._stopping.clear()
-        server = _HTTPServer((self.host, self.port), _Handler)
-        server.fake = self
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-messages-server",
-            daemon=True,
-        )
-        self._thread.start()
-        return self.base_url
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
+    def _on_stop(self) -> None:
+        # Handlers pausing between stream events give up at once.
         self._stopping.set()
-        server.shutdown()
+
+    def _after_shutdown(self) -> None:
+        # Streams still open end now, as when an API's connection drops.
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             with suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeMessagesServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     # -- scripting and inspection ---------------------------------------------
 

@@ -34,9 +34,11 @@ import time
 from collections import defaultdict, deque
 from contextlib import suppress
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.loopback import LoopbackHTTPServer, LoopbackServer
 
 WECOM_PATH = "/cgi-bin/webhook/send"
 FEISHU_PREFIX = "/open-apis/bot/v2/hook/"
@@ -137,10 +139,7 @@ def _card_texts(node: Any) -> list[str]:
     return []
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
+class _HTTPServer(LoopbackHTTPServer):
     fake: FakeRobotServer
 
 
@@ -158,8 +157,12 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
 
-class FakeRobotServer:
+class FakeRobotServer(LoopbackServer):
     """The fake robots; ``start()`` returns the base URL. A context manager."""
+
+    handler = _Handler
+    server_class = _HTTPServer
+    thread_name = "fake-robot-server"
 
     def __init__(
         self,
@@ -168,8 +171,7 @@ class FakeRobotServer:
         port: int = 0,
         rate_per_minute: int | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.rate_per_minute = rate_per_minute
         self.feishu_secrets: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -177,45 +179,6 @@ class FakeRobotServer:
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._removed: set[str] = set()
         self._messages: list[RecordedMessage] = []
-        self._server: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -------------------------------------------------------------
-
-    def start(self) -> str:
-        if self._server is None:
-            server = _HTTPServer((self.host, self.port), _Handler)
-            server.fake = self
-            self._server = server
-            self.port = server.server_address[1]
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="fake-robot-server",
-                daemon=True,
-            )
-            self._thread.start()
-        return self.base_url
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeRobotServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def wecom_url(self, key: str = "robot-key") -> str:
         return f"{self.base_url}{WECOM_PATH}?key={key}"
