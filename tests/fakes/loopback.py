@@ -3,8 +3,8 @@
 A fake subclasses ``LoopbackServer`` and names its request handler (and,
 for typing, its server class); each handler reaches its fake through
 ``self.server.fake``. ``start()`` binds (port 0 picks a free one), serves
-from a daemon thread and returns the base URL; ``stop()`` ends serving and joins the thread. Both are idempotent, and
-the fake is a context manager.
+from a daemon thread and returns the base URL; ``stop()`` ends serving and
+joins the thread. Both are idempotent, and the fake is a context manager.
 """
 
 from __future__ import annotations
