@@ -16,6 +16,15 @@ With ``cap`` requests always in flight the work would take ``jobs × latency
 (database clock); the ratio to the ideal is the time lost to claiming,
 writing and the SDK, and the server's most-in-flight must never exceed the
 cap.
+
+Where the time over the fake's own went is split from the fake's records, in
+the bench process's clock: with ``n(t)`` requests in flight, each phase loses
+``(cap - n(t)) / cap`` of its length. *ramp* runs from the insert until the cap
+is first full, *between* from then until the last request arrives, *drain*
+until that request ends, and *last write* is what is left of ``total_s``: the
+final write of the last job. They add up to ``total_s`` less the fake's own
+time (its answers' durations over the cap), so an outlier run shows which
+phase it lost its time in.
 """
 
 from __future__ import annotations
@@ -82,6 +91,7 @@ def run(
                     ready, timeout_s=timeout_s, what=f"{workers} workers to listen"
                 )
                 warmup_jobs = _warm_up(conn, url, procs, workers, fleet_cap, timeout_s)
+                inserted_at = time.monotonic()
                 _enqueue(conn, task_id, jobs)
                 _wait_done(conn, procs, timeout_s)
                 row = conn.execute(
@@ -107,6 +117,9 @@ def run(
         durations = [r.finished_at - r.received_at for r in measured if r.finished_at]
         mean_request_s = sum(durations) / len(durations) if durations else 0.0
         max_in_flight = fake.max_in_flight
+        spans = [(r.received_at, r.finished_at) for r in measured if r.finished_at]
+        lost = _lost_time(spans, fleet_cap, inserted_at)
+        lost["last_write"] = total_s - sum(durations) / fleet_cap - sum(lost.values())
 
     ideal_s = jobs * latency_s / fleet_cap
     ratio = total_s / ideal_s
@@ -128,6 +141,8 @@ def run(
             # request in flight (claim, executor, SDK, final write).
             "cap_utilisation": round(sum(durations) / (fleet_cap * total_s), 3),
             "lease_overhead_ms": round(1000 * (mean_leased_s - mean_request_s), 1),
+            # total_s = the fake's own time over the cap + these (see above).
+            "lost_ms": {phase: round(1000 * s, 1) for phase, s in lost.items()},
             "max_in_flight": max_in_flight,
             "total_s": round(total_s, 3),
             "ideal_s": round(ideal_s, 3),
@@ -140,6 +155,41 @@ def run(
             and ratio <= GOAL_RATIO
             and succeeded == jobs,
         },
+    }
+
+
+def _lost_time(
+    spans: list[tuple[float, float]], cap: int, start: float
+) -> dict[str, float]:
+    """Seconds lost below the cap in each phase: ramp, between and drain.
+
+    ``spans`` are the requests' (arrived, ended) times and ``start`` the
+    insert, all in this process's monotonic clock. A run that never fills the
+    cap is all ramp until its last arrival.
+    """
+    if not spans:
+        return {"ramp": 0.0, "between": 0.0, "drain": 0.0}
+    # The number in flight as steps: from steps[i][0] on, steps[i][1].
+    steps: list[tuple[float, int]] = [(start, 0)]
+    for at, change in sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans]):
+        steps.append((at, steps[-1][1] + change))
+    last_start = max(a for a, _ in spans)
+    last_end = max(b for _, b in spans)
+    full = next((at for at, n in steps if n >= cap), last_start)
+    full = min(full, last_start)
+
+    def lost(begin: float, end: float) -> float:
+        total = 0.0
+        for (at, n), (until, _) in zip(steps, [*steps[1:], (last_end, 0)], strict=True):
+            lo, hi = max(at, begin), min(until, end)
+            if hi > lo:
+                total += (cap - n) * (hi - lo) / cap
+        return total
+
+    return {
+        "ramp": lost(start, full),
+        "between": lost(full, last_start),
+        "drain": lost(last_start, last_end),
     }
 
 

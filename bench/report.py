@@ -108,6 +108,7 @@ def _llm(result: dict[str, Any]) -> Table:
         "cap used",
         "request ms",
         "lease overhead ms",
+        "lost ms: ramp / between / drain / last write",
     ):
         table.add_column(column, justify="right")
     table.add_row(
@@ -119,6 +120,10 @@ def _llm(result: dict[str, Any]) -> Table:
         f"{100 * r['cap_utilisation']:.0f}%",
         f"{1000 * r['mean_request_s']:.1f}",
         f"{r['lease_overhead_ms']:.1f}",
+        " / ".join(
+            f"{r['lost_ms'][phase]:.0f}"
+            for phase in ("ramp", "between", "drain", "last_write")
+        ),
     )
     return table
 

@@ -91,7 +91,14 @@ def test_llm__generates_every_artifact_within_the_fleet_cap(pg_admin_url: str) -
     assert 1 <= r["max_in_flight"] <= 3
     assert r["ideal_s"] == pytest.approx(8 * 0.05 / 3, abs=1e-3)
     assert r["ratio_to_ideal"] > 0
+    # The phases account for the whole run beyond the fake's own time.
+    lost = r["lost_ms"]
+    assert set(lost) == {"ramp", "between", "drain", "last_write"}
+    assert all(lost[phase] >= 0 for phase in ("ramp", "between", "drain"))
+    own_s = r["requests"] * r["mean_request_s"] / 3
+    assert sum(lost.values()) / 1000 == pytest.approx(r["total_s"] - own_s, abs=0.01)
     assert "cap 3" in _renders(result, pg_admin_url)
+    assert "last write" in _renders(result, pg_admin_url)
 
 
 def test_scale__times_every_claim_in_both_phases(pg_admin_url: str) -> None:
@@ -136,3 +143,27 @@ def test_memory__json_from_the_command_line_adds_up(pg_admin_url: str) -> None:
     assert result["machine"]["cpus"] >= 1
     assert len(result["machine"]["load_average_after"]) == 3
     assert "peak MB" in _renders(result, pg_admin_url)
+
+
+def test_llm_lost_time__splits_the_time_below_the_cap_by_phase() -> None:
+    # Cap 2, insert at 0. Ramp: nothing in flight for 1 s, one for 1 s (1.5 s
+    # lost); the cap is full from 2 s, when the last request arrives; drain:
+    # one in flight from 3 s to 4 s (0.5 s lost).
+    assert llm._lost_time([(1.0, 3.0), (2.0, 4.0)], 2, 0.0) == {
+        "ramp": 1.5,
+        "between": 0.0,
+        "drain": 0.5,
+    }
+    # Full at once; between, one slot idle from 1 s to 1.5 s (0.25 s lost).
+    spans = [(0.0, 1.0), (0.0, 1.0), (1.0, 2.0), (1.5, 2.0)]
+    assert llm._lost_time(spans, 2, 0.0) == {
+        "ramp": 0.0,
+        "between": 0.25,
+        "drain": 0.0,
+    }
+    # A cap never filled is ramp until the last arrival.
+    assert llm._lost_time([(0.0, 1.0), (2.0, 3.0)], 2, 0.0) == {
+        "ramp": 1.5,
+        "between": 0.0,
+        "drain": 0.5,
+    }
