@@ -97,7 +97,9 @@ def _llm(result: dict[str, Any]) -> Table:
     r = result["results"]
     table = Table(
         title=f"llm: {result['jobs']} jobs, {result['latency_s']} s model, "
-        f"{result['workers']} workers × {result['concurrency']}, fleet cap {result['fleet_cap']}"
+        f"{result['workers']} workers × {result['concurrency']}, fleet cap {result['fleet_cap']}",
+        caption="lost ms: time below the cap in the ramp / between jobs / drain, "
+        "and the last final write",
     )
     for column in (
         "succeeded",
@@ -108,7 +110,7 @@ def _llm(result: dict[str, Any]) -> Table:
         "cap used",
         "request ms",
         "lease overhead ms",
-        "lost ms: ramp / between / drain / last write",
+        "lost ms",
     ):
         table.add_column(column, justify="right")
     table.add_row(
@@ -120,7 +122,7 @@ def _llm(result: dict[str, Any]) -> Table:
         f"{100 * r['cap_utilisation']:.0f}%",
         f"{1000 * r['mean_request_s']:.1f}",
         f"{r['lease_overhead_ms']:.1f}",
-        " / ".join(
+        "/".join(
             f"{r['lost_ms'][phase]:.0f}"
             for phase in ("ramp", "between", "drain", "last_write")
         ),
