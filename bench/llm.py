@@ -114,10 +114,10 @@ def run(
         requests = len(measured)
         # The fake's own time per answer, a little over latency_s (it sleeps
         # between chunks): the floor no queue can go under.
-        durations = [r.finished_at - r.received_at for r in measured if r.finished_at]
+        spans = [(r.received_at, r.finished_at) for r in measured if r.finished_at]
+        durations = [end - start for start, end in spans]
         mean_request_s = sum(durations) / len(durations) if durations else 0.0
         max_in_flight = fake.max_in_flight
-        spans = [(r.received_at, r.finished_at) for r in measured if r.finished_at]
         lost = _lost_time(spans, fleet_cap, inserted_at)
         lost["last_write"] = total_s - sum(durations) / fleet_cap - sum(lost.values())
 

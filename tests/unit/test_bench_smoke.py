@@ -97,8 +97,9 @@ def test_llm__generates_every_artifact_within_the_fleet_cap(pg_admin_url: str) -
     assert all(lost[phase] >= 0 for phase in ("ramp", "between", "drain"))
     own_s = r["requests"] * r["mean_request_s"] / 3
     assert sum(lost.values()) / 1000 == pytest.approx(r["total_s"] - own_s, abs=0.01)
-    assert "cap 3" in _renders(result, pg_admin_url)
-    assert "between jobs" in _renders(result, pg_admin_url)
+    table = _renders(result, pg_admin_url)
+    assert "cap 3" in table
+    assert "between jobs" in table
 
 
 def test_scale__times_every_claim_in_both_phases(pg_admin_url: str) -> None:
