@@ -81,6 +81,25 @@ def pool_size(concurrency: int) -> int:
     return max(2, min(4 + concurrency // 16, 10))
 
 
+def pool_connection_kwargs(settings: Settings) -> dict[str, Any]:
+    """How the worker's pooled connections are opened."""
+    # The worker runs a small fixed set of statements, the claims and final
+    # writes among them large CTEs: each is prepared on its first run on a
+    # connection rather than psycopg's default fifth. The pool hands its
+    # connections out in turn, so with the default every statement ran
+    # unprepared (parsed and planned anew) five times per connection: most
+    # of the claims and writes of a burst that follows a quiet spell.
+    kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0}
+    if settings.listen_url is not None:
+        # A separate LISTEN URL means the pool goes through PgBouncer in
+        # transaction mode (DESIGN.md, running at scale). There each statement
+        # may land on another server connection, so psycopg's automatic
+        # prepared statements fail ("prepared statement _pg3_1 already
+        # exists") and the error killed the claim loop: prepare nothing.
+        kwargs["prepare_threshold"] = None
+    return kwargs
+
+
 # A background loop the worker runs beside its own, made once the worker exists.
 LoopFactory = Callable[[Worker], Coroutine[Any, Any, None]]
 
@@ -131,14 +150,7 @@ async def run_worker(
     name = generator_name or settings.resolved_generator
     types = load_artifact_types(settings.types_dir)
     size = pool_size(settings.concurrency)
-    connection_kwargs: dict[str, Any] = {"autocommit": True}
-    if settings.listen_url is not None:
-        # A separate LISTEN URL means the pool goes through PgBouncer in
-        # transaction mode (DESIGN.md, running at scale). There each statement
-        # may land on another server connection, so psycopg's automatic
-        # prepared statements fail ("prepared statement _pg3_1 already
-        # exists") and the error killed the claim loop: prepare nothing.
-        connection_kwargs["prepare_threshold"] = None
+    connection_kwargs = pool_connection_kwargs(settings)
     async with AsyncConnectionPool(
         url,
         min_size=2,

@@ -7,10 +7,13 @@ from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from pydantic import SecretStr
 
 from shared import queue
 from shared.artifact_types import load_artifact_types
+from shared.settings import Settings
 from tests.support.processes import query, seed
+from worker.daemon import pool_connection_kwargs
 from worker.generators.base import GenerationRequest, GenerationResult
 from worker.runner import Worker, WorkerConfig
 
@@ -239,3 +242,33 @@ def test_worker__rows_a_write_claims_after_shutdown_stops_waiting_go_back(
         ("processing", True, 0),
     ]
     assert stats.released == 1  # the late row; the finished one needed no release
+
+
+def _prepared(url: str, kwargs: dict[str, Any], runs: int) -> list[str]:
+    """What a connection opened with ``kwargs`` holds prepared after ``runs`` claims."""
+
+    async def scenario() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(url, **kwargs) as conn:
+            for _ in range(runs):
+                await conn.execute(queue.COUNT_UNFINISHED)
+            cur = await conn.execute(
+                "SELECT statement FROM pg_prepared_statements WHERE statement = %s",
+                (queue.COUNT_UNFINISHED,),
+            )
+            return [row[0] for row in await cur.fetchall()]
+
+    return asyncio.run(scenario())
+
+
+def test_worker_pool__prepares_each_statement_on_its_first_run_except_behind_pgbouncer(
+    db_url: str,
+) -> None:
+    direct = pool_connection_kwargs(Settings(database_url=SecretStr(db_url)))
+    assert _prepared(db_url, direct, runs=1) == [queue.COUNT_UNFINISHED]
+
+    # A separate LISTEN URL means PgBouncer in transaction mode, where a
+    # statement prepared on one server connection is missing on the next.
+    pooled = pool_connection_kwargs(
+        Settings(database_url=SecretStr(db_url), listen_url=SecretStr(db_url))
+    )
+    assert _prepared(db_url, pooled, runs=6) == []

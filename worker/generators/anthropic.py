@@ -14,6 +14,14 @@ source rather than taken from older examples:
   float or an ``httpx2.Timeout``, whose read timeout applies to each socket
   read, not to the whole stream, so the stall and attempt limits here are
   our own.
+- With the ``aiohttp`` extra, ``DefaultAioHttpClient`` keeps the ``httpx2``
+  interface and sends through aiohttp instead (a bridge vendored in the
+  SDK, which turns aiohttp's errors into the ``httpx2`` ones above). It is
+  what this generator uses: a streamed request costs the worker about 30 %
+  less CPU than over ``httpx2``'s own transport (anyio and httpcore), and
+  under a fleet cap that CPU is time between one request ending and the
+  next starting. Proxy variables still apply: httpx2 reads
+  them and the bridge's client builds an aiohttp transport for each.
 - ``api_key`` goes out as ``Authorization: Bearer <key>``, not
   ``x-api-key``, with ``anthropic-version: 2026-10-21``. With an explicit
   key the SDK reads no credential variables; with ``base_url=None`` it
@@ -499,6 +507,7 @@ class AnthropicGenerator:
             timeout=httpx2.Timeout(
                 request_timeout_s, connect=min(10.0, request_timeout_s)
             ),
+            http_client=anthropic.DefaultAioHttpClient(),
         )
 
     def __repr__(self) -> str:
