@@ -19,7 +19,7 @@ import click
 
 from bench import report
 from bench.process import BenchError
-from bench.server import bench_server, machine
+from bench.server import bench_server, cpu_ticks, machine, steal_pct
 
 
 def _command(name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> None:
@@ -27,6 +27,7 @@ def _command(name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> No
     try:
         with bench_server() as admin_url:
             before = machine(admin_url)
+            ticks = cpu_ticks()
             started = time.monotonic()
             result = run(admin_url, **kwargs)
             result["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -34,6 +35,7 @@ def _command(name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> No
             result["machine"]["load_average_after"] = list(
                 machine(admin_url)["load_average"]
             )
+            result["machine"]["cpu_steal_pct"] = steal_pct(ticks, cpu_ticks())
     except BenchError as exc:
         click.echo(f"bench {name}: {exc}", err=True)
         sys.exit(1)

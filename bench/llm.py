@@ -38,7 +38,7 @@ import psycopg
 
 from bench import seed
 from bench.process import BenchError, Process, wait_until, worker
-from bench.server import fresh_database
+from bench.server import cpu_ticks, fresh_database, steal_pct
 from shared import queue
 from tests.fakes.messages_server import FakeMessagesServer
 
@@ -92,8 +92,10 @@ def run(
                 )
                 warmup_jobs = _warm_up(conn, url, procs, workers, fleet_cap, timeout_s)
                 inserted_at = time.monotonic()
+                ticks = cpu_ticks()
                 _enqueue(conn, task_id, jobs)
                 _wait_done(conn, procs, timeout_s)
+                stolen = steal_pct(ticks, cpu_ticks())
                 row = conn.execute(
                     """
                     SELECT extract(epoch FROM max(finished_at) - min(created_at)),
@@ -144,6 +146,9 @@ def run(
             # total_s = the fake's own time over the cap + these (see above).
             "lost_ms": {phase: round(1000 * s, 1) for phase, s in lost.items()},
             "max_in_flight": max_in_flight,
+            # The host's share of the CPUs while the artifacts ran (Linux,
+            # virtual machines): what a run over the goal had to work with.
+            "cpu_steal_pct": stolen,
             "total_s": round(total_s, 3),
             "ideal_s": round(ideal_s, 3),
             "ratio_to_ideal": round(ratio, 3),

@@ -23,6 +23,7 @@ def show(result: dict[str, Any], console: Console | None = None) -> None:
     console.print(
         f"{m['cpus']} × {m['cpu_model']}, PostgreSQL {m['postgresql']}, "
         f"load {_load(m['load_average'])} before, {_load(m['load_average_after'])} after, "
+        f"CPU steal {_maybe(m.get('cpu_steal_pct'), '{:.1f}%') or 'unknown'}, "
         f"{result['elapsed_s']} s in all",
         style="dim",
     )
@@ -99,7 +100,8 @@ def _llm(result: dict[str, Any]) -> Table:
         title=f"llm: {result['jobs']} jobs, {result['latency_s']} s model, "
         f"{result['workers']} workers × {result['concurrency']}, fleet cap {result['fleet_cap']}",
         caption="lost ms: time below the cap in the ramp / between jobs / drain, "
-        "and the last final write",
+        "and the last final write; steal: the host's share of this machine's "
+        "CPUs while the artifacts ran",
     )
     for column in (
         "succeeded",
@@ -111,6 +113,7 @@ def _llm(result: dict[str, Any]) -> Table:
         "request ms",
         "lease overhead ms",
         "lost ms",
+        "steal",
     ):
         table.add_column(column, justify="right")
     table.add_row(
@@ -126,6 +129,7 @@ def _llm(result: dict[str, Any]) -> Table:
             f"{r['lost_ms'][phase]:.0f}"
             for phase in ("ramp", "between", "drain", "last_write")
         ),
+        _maybe(r.get("cpu_steal_pct"), "{:.1f}%"),
     )
     return table
 

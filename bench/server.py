@@ -108,6 +108,34 @@ def machine(admin_url: str) -> dict[str, Any]:
     }
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks since boot, or None where /proc/stat is missing.
+
+    Steal is time a virtual machine's CPUs were ready to run and the host ran
+    something else: on a shared host, the part of a slow run that no queue
+    can do anything about.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: the
+    # guest times are already inside user and nice.
+    return ticks[7], sum(ticks[:8])
+
+
+def steal_pct(
+    before: tuple[int, int] | None, after: tuple[int, int] | None
+) -> float | None:
+    """The share of CPU time stolen by the host between two ``cpu_ticks()``."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from bench import latency, llm, report, scale, throughput
+from bench import latency, llm, report, scale, server, throughput
 from bench.server import URL_ENV, machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,9 +97,13 @@ def test_llm__generates_every_artifact_within_the_fleet_cap(pg_admin_url: str) -
     assert all(lost[phase] >= 0 for phase in ("ramp", "between", "drain"))
     own_s = r["requests"] * r["mean_request_s"] / 3
     assert sum(lost.values()) / 1000 == pytest.approx(r["total_s"] - own_s, abs=0.01)
+    # Linux reports the host's share of the CPUs; elsewhere it is unknown.
+    steal = r["cpu_steal_pct"]
+    assert steal is None if not Path("/proc/stat").exists() else 0 <= steal <= 100
     table = _renders(result, pg_admin_url)
     assert "cap 3" in table
     assert "between jobs" in table
+    assert "steal" in table
 
 
 def test_scale__times_every_claim_in_both_phases(pg_admin_url: str) -> None:
@@ -168,3 +172,16 @@ def test_llm_lost_time__splits_the_time_below_the_cap_by_phase() -> None:
         "between": 0.0,
         "drain": 0.5,
     }
+
+
+def test_steal_pct__the_hosts_share_of_the_ticks_between_two_readings() -> None:
+    # (steal, total) ticks: 30 of the 400 ticks between the readings were stolen.
+    assert server.steal_pct((10, 1000), (40, 1400)) == 7.5
+    assert server.steal_pct(None, (40, 1400)) is None
+    # No tick passed (or the counters went back): no share to give.
+    assert server.steal_pct((10, 1000), (10, 1000)) is None
+    ticks = server.cpu_ticks()
+    if Path("/proc/stat").exists():
+        assert ticks is not None and 0 <= ticks[0] <= ticks[1]
+    else:
+        assert ticks is None
