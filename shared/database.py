@@ -7,7 +7,6 @@ Unreachable servers become ``DatabaseError`` here, so callers see one type.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -38,20 +37,34 @@ def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-@lru_cache(maxsize=8)
+# One engine per URL for the process's life (a handful of URLs at most).
+_engines: dict[str, sa.Engine] = {}
+
+
 def engine(url: str) -> sa.Engine:
     """A small pooled SQLAlchemy engine for one URL (CLI, API, migrations)."""
+    found = _engines.get(url)
+    if found is not None:
+        return found
     import sqlalchemy as sa  # only migrations need it; it is slow to import
 
     # The creator lets libpq parse the URL, so key=value strings and socket
     # hosts (the embedded server's) work exactly as they do for psycopg.
-    return sa.create_engine(
+    found = _engines[url] = sa.create_engine(
         "postgresql+psycopg://",
         creator=lambda: psycopg.connect(url, connect_timeout=10),
         pool_size=5,
         max_overflow=5,
         pool_pre_ping=True,
     )
+    return found
+
+
+def dispose_engine(url: str) -> None:
+    """Close the pooled connections of ``url``'s engine, if one was made."""
+    found = _engines.pop(url, None)
+    if found is not None:
+        found.dispose()
 
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:

@@ -35,6 +35,39 @@ def artifactd(
     )
 
 
+def test_run__a_worker_imports_no_other_command_and_no_sqlalchemy(
+    clean_db: str,
+) -> None:
+    enq = artifactd(
+        clean_db, "enqueue", str(MEETINGS / "ami-ES2005a.json"), "--type", "summary"
+    )
+    assert enq.returncode == 0, enq.stderr
+
+    # The interpreter lists on standard error every module an import statement
+    # loads (not those loaded by importlib.import_module, but what they import).
+    run = artifactd(clean_db, "run", "--drain", env={"PYTHONPROFILEIMPORTTIME": "1"})
+
+    assert run.returncode == 0, run.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in run.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert {"worker.daemon", "worker.cli.common", "psycopg_pool"} <= imported
+    unneeded = sorted(
+        name
+        for name in imported
+        if name.split(".")[0] in ("sqlalchemy", "alembic", "markdown_it", "fastapi")
+        or (
+            name.startswith("worker.cli.")
+            and name not in ("worker.cli.run", "worker.cli.common")
+        )
+    )
+    assert unneeded == []
+    assert scalar(clean_db, "SELECT count(*) FROM generated_artifacts") == 1
+    assert query(clean_db, "SELECT state FROM generated_artifacts") == [("success",)]
+
+
 def test_enqueue_then_drain__minutes_of_real_meetings(clean_db: str) -> None:
     enq = artifactd(
         clean_db,

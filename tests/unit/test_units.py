@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from shared.settings import ENV_NAMES, Settings, load_settings
@@ -196,7 +197,7 @@ def test_worker_units__notify_watchdog_and_a_stop_timeout_beyond_the_grace(
 def test_units__run_commands_and_options_the_cli_has() -> None:
     for unit in UNITS:
         argv = directive(unit, "ExecStart").split()[1:]
-        command = main.commands.get(argv[0])
+        command = main.get_command(click.Context(main), argv[0])
         assert command is not None, f"{unit}: no `artifactd {argv[0]}`"
         options = {
             opt for param in command.params for opt in getattr(param, "opts", [])

