@@ -7,27 +7,12 @@ worker's hot path uses the named statements in ``shared.queue`` instead.
 
 from __future__ import annotations
 
-import enum
-
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 metadata = sa.MetaData()
 
 TS = sa.TIMESTAMP(timezone=True)
-
-
-class State(enum.StrEnum):
-    PROCESSING = "processing"
-    SUCCESS = "success"
-    FAILED = "failed"
-
-
-class NotificationState(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    DEAD = "dead"
-
 
 tasks = sa.Table(
     "tasks",

@@ -68,6 +68,21 @@ def test_run__a_worker_imports_no_other_command_and_no_sqlalchemy(
     assert query(clean_db, "SELECT state FROM generated_artifacts") == [("success",)]
 
 
+def test_notify__the_notifier_command_imports_no_sqlalchemy(clean_db: str) -> None:
+    shown = artifactd(
+        clean_db, "notify", "--help", env={"PYTHONPROFILEIMPORTTIME": "1"}
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in shown.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert {"worker.notifier", "psycopg_pool"} <= imported
+    assert sorted(n for n in imported if n.split(".")[0] == "sqlalchemy") == []
+
+
 def test_enqueue_then_drain__minutes_of_real_meetings(clean_db: str) -> None:
     enq = artifactd(
         clean_db,

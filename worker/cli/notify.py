@@ -21,8 +21,8 @@ from rich.table import Table
 
 from shared.database import listen_url
 from shared.errors import ConfigurationError
-from shared.models import NotificationState
 from shared.settings import Settings
+from shared.states import NotificationState
 from worker.channels import configured_channel_names
 from worker.cli.common import (
     ExitCode,
