@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import psycopg
 
 from bench import report
 from bench.process import BenchError
@@ -39,11 +40,22 @@ def _command(name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> No
     except BenchError as exc:
         click.echo(f"bench {name}: {exc}", err=True)
         sys.exit(1)
+    except psycopg.Error as exc:
+        # Most often the role may not create databases (see bench/README.md).
+        reason = " ".join(str(exc).split())
+        click.echo(
+            f"bench {name}: PostgreSQL: {type(exc).__name__}: {reason}", err=True
+        )
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps(result, default=str))
     else:
         report.show(result)
 
+
+# Counts and durations a benchmark cannot run with are refused by name.
+POSITIVE = click.IntRange(min=1)
+SECONDS = click.FloatRange(min=0, min_open=True)
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object only."
@@ -58,15 +70,22 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--jobs", default=5000, show_default=True, help="Jobs per queue.")
+@click.option(
+    "--jobs", default=5000, type=POSITIVE, show_default=True, help="Jobs per queue."
+)
 @click.option(
     "--concurrency",
     default=50,
+    type=POSITIVE,
     show_default=True,
     help="Worker concurrency (PgQueuer: batch size).",
 )
 @click.option(
-    "--rounds", default=3, show_default=True, help="Runs per queue; the median counts."
+    "--rounds",
+    default=3,
+    type=POSITIVE,
+    show_default=True,
+    help="Runs per queue; the median counts.",
 )
 @click.option(
     "--only",
@@ -87,18 +106,20 @@ def throughput(systems: tuple[str, ...], **kwargs: Any) -> None:
 @click.option(
     "--samples",
     default=200,
+    type=POSITIVE,
     show_default=True,
     help="Pickups measured with LISTEN/NOTIFY.",
 )
 @click.option(
     "--poll-samples",
     default=20,
+    type=click.IntRange(min=0),
     show_default=True,
     help="Pickups measured polling (0: skip).",
 )
 @click.option(
     "--poll-interval-s",
-    type=float,
+    type=SECONDS,
     default=None,
     help="ARTIFACTD_POLL_INTERVAL_S for both workers (default: the worker's own).",
 )
@@ -111,17 +132,36 @@ def latency(**kwargs: Any) -> None:
 
 
 @main.command()
-@click.option("--jobs", default=320, show_default=True, help="Artifacts to generate.")
+@click.option(
+    "--jobs",
+    default=320,
+    type=POSITIVE,
+    show_default=True,
+    help="Artifacts to generate.",
+)
 @click.option(
     "--latency-s",
     default=0.2,
+    type=click.FloatRange(min=0),
     show_default=True,
     help="Seconds the fake model takes per answer.",
 )
-@click.option("--workers", default=4, show_default=True, help="Worker processes.")
-@click.option("--concurrency", default=8, show_default=True, help="Slots per worker.")
 @click.option(
-    "--fleet-cap", default=16, show_default=True, help="ARTIFACTD_FLEET_CONCURRENCY."
+    "--workers", default=4, type=POSITIVE, show_default=True, help="Worker processes."
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    type=POSITIVE,
+    show_default=True,
+    help="Slots per worker.",
+)
+@click.option(
+    "--fleet-cap",
+    default=16,
+    type=POSITIVE,
+    show_default=True,
+    help="ARTIFACTD_FLEET_CONCURRENCY.",
 )
 @json_option
 def llm(**kwargs: Any) -> None:
@@ -133,13 +173,25 @@ def llm(**kwargs: Any) -> None:
 
 @main.command()
 @click.option(
-    "--finished", default=1_000_000, show_default=True, help="Finished rows added."
+    "--finished",
+    default=1_000_000,
+    type=click.IntRange(min=0),
+    show_default=True,
+    help="Finished rows added.",
 )
 @click.option(
-    "--claims", default=200, show_default=True, help="Claims timed per round and kind."
+    "--claims",
+    default=200,
+    type=POSITIVE,
+    show_default=True,
+    help="Claims timed per round and kind.",
 )
-@click.option("--batch", default=10, show_default=True, help="Rows per claim.")
-@click.option("--rounds", default=3, show_default=True, help="Rounds per phase.")
+@click.option(
+    "--batch", default=10, type=POSITIVE, show_default=True, help="Rows per claim."
+)
+@click.option(
+    "--rounds", default=3, type=POSITIVE, show_default=True, help="Rounds per phase."
+)
 @json_option
 def scale(**kwargs: Any) -> None:
     """Claim time with no finished rows and with a million."""
@@ -150,11 +202,16 @@ def scale(**kwargs: Any) -> None:
 
 @main.command()
 @click.option(
-    "--streams", default=64, show_default=True, help="Streamed calls in flight at once."
+    "--streams",
+    default=64,
+    type=POSITIVE,
+    show_default=True,
+    help="Streamed calls in flight at once.",
 )
 @click.option(
     "--stream-s",
     default=10.0,
+    type=SECONDS,
     show_default=True,
     help="Seconds each answer streams for.",
 )

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
+from bench.process import BenchError
 from shared.database import engine
 from shared.schema import migrate
 
@@ -35,6 +36,12 @@ def bench_server() -> Iterator[str]:
     """The admin URL of the server to benchmark on, started if need be."""
     url = os.environ.get(URL_ENV)
     if url:
+        try:
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise BenchError(
+                f"{URL_ENV}: cannot connect: {' '.join(str(exc).split())}"
+            ) from exc
         yield url
         return
     if _answers(DEFAULT_URL):

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from rich.console import Console
 
@@ -185,3 +186,61 @@ def test_steal_pct__the_hosts_share_of_the_ticks_between_two_readings() -> None:
         assert ticks is not None and 0 <= ticks[0] <= ticks[1]
     else:
         assert ticks is None
+
+
+def _bench(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("throughput", "--jobs", "-5"), "--jobs"),
+        (("llm", "--fleet-cap", "0"), "--fleet-cap"),
+        (("memory", "--stream-s", "0"), "--stream-s"),
+        (("scale", "--finished", "-1"), "--finished"),
+    ],
+)
+def test_cli__a_count_it_cannot_run_with_is_refused_by_name(
+    args: tuple[str, ...], option: str
+) -> None:
+    done = _bench(*args)
+
+    assert done.returncode == 2
+    assert f"Invalid value for '{option}'" in done.stderr
+
+
+def test_cli__an_unreachable_server_exits_1_naming_the_setting() -> None:
+    done = _bench("llm", "--json", **{URL_ENV: "postgresql://postgres@127.0.0.1:1/x"})
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"bench llm: {URL_ENV}: cannot connect:")
+    assert "Traceback" not in done.stderr
+
+
+def test_cli__a_role_that_may_not_create_databases_exits_1_with_the_reason(
+    pg_admin_url: str,
+) -> None:
+    role = "artifactd_bench_nocreatedb"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB")
+    try:
+        url = psycopg.conninfo.make_conninfo(pg_admin_url, user=role)
+
+        done = _bench("scale", "--finished", "0", "--claims", "1", **{URL_ENV: url})
+
+        assert done.returncode == 1
+        assert "bench scale: PostgreSQL: InsufficientPrivilege:" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
