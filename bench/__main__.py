@@ -10,6 +10,7 @@ goal is a number to look at, not a crash.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -62,11 +63,23 @@ json_option = click.option(
 )
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM to the bench alone (a supervisor, a CI cancel) unwinds like
+    # Ctrl-C: the workers it started are stopped and its databases dropped.
+    raise SystemExit(128 + signum)
+
+
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 def main() -> None:
-    """Benchmarks of artifactd's queue (see bench/README.md)."""
+    """Benchmarks of artifactd's queue (see bench/README.md).
+
+    Each runs on the server in ARTIFACTD_BENCH_DATABASE_URL (a postgresql://
+    URL whose role may create databases), else the local one on 127.0.0.1:5432,
+    else an embedded PostgreSQL.
+    """
+    signal.signal(signal.SIGTERM, _terminated)
 
 
 @main.command()
@@ -142,7 +155,7 @@ def latency(**kwargs: Any) -> None:
 @click.option(
     "--latency-s",
     default=0.2,
-    type=click.FloatRange(min=0),
+    type=SECONDS,
     show_default=True,
     help="Seconds the fake model takes per answer.",
 )
@@ -167,6 +180,19 @@ def latency(**kwargs: Any) -> None:
 def llm(**kwargs: Any) -> None:
     """Several workers, a fake model with fixed latency, a fleet cap."""
     from bench import llm as bench
+
+    slots = kwargs["workers"] * kwargs["concurrency"]
+    if kwargs["fleet_cap"] > slots:
+        raise click.BadParameter(
+            f"{kwargs['fleet_cap']} is more than the workers' {slots} slots: "
+            "the cap must be what limits them",
+            param_hint="'--fleet-cap'",
+        )
+    if kwargs["jobs"] < kwargs["fleet_cap"]:
+        raise click.BadParameter(
+            f"{kwargs['jobs']} jobs cannot fill a cap of {kwargs['fleet_cap']}",
+            param_hint="'--jobs'",
+        )
 
     _command("llm", bench.run, **kwargs)
 
@@ -211,9 +237,9 @@ def scale(**kwargs: Any) -> None:
 @click.option(
     "--stream-s",
     default=10.0,
-    type=SECONDS,
+    type=click.FloatRange(min=1.0),
     show_default=True,
-    help="Seconds each answer streams for.",
+    help="Seconds each answer streams for (long enough for all to be open at once).",
 )
 @json_option
 def memory(**kwargs: Any) -> None:

@@ -17,7 +17,9 @@ def show(result: dict[str, Any], console: Console | None = None) -> None:
     table = _TABLES[result["benchmark"]](result)
     console.print(table)
     goal = result.get("goal", {})
-    if "met" in goal:
+    if goal.get("met") is None and "not_judged" in goal:
+        console.print(f"goal not judged: {goal['not_judged']}")
+    elif "met" in goal:
         console.print(f"goal met: {'yes' if goal['met'] else 'NO'}")
     m = result["machine"]
     console.print(

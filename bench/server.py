@@ -36,6 +36,9 @@ def bench_server() -> Iterator[str]:
     """The admin URL of the server to benchmark on, started if need be."""
     url = os.environ.get(URL_ENV)
     if url:
+        if not url.startswith(("postgresql://", "postgres://")):
+            # The workers take their database as ARTIFACTD_DATABASE_URL, a URL.
+            raise BenchError(f"{URL_ENV} must be a postgresql:// URL")
         try:
             psycopg.connect(url, connect_timeout=10).close()
         except psycopg.Error as exc:

@@ -80,6 +80,9 @@ def run(
     goal: dict[str, Any] = {"ratio_to_pgqueuer_at_least": GOAL_RATIO_PGQUEUER}
     if "pgqueuer" in ratios:
         goal["met"] = ratios["pgqueuer"] >= GOAL_RATIO_PGQUEUER
+    else:
+        goal["met"] = None
+        goal["not_judged"] = "PgQueuer on psycopg was not run"
     return {
         "benchmark": "throughput",
         "jobs": jobs,

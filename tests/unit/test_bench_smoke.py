@@ -11,11 +11,15 @@ import importlib.util
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import psutil
 import psycopg
 import pytest
 from rich.console import Console
@@ -66,6 +70,19 @@ def test_throughput__drains_every_job_for_each_queue(pg_admin_url: str) -> None:
         assert len(r["jobs_per_s_each"]) == 1
     assert set(result["ratios"]) == set(RIVALS)
     assert "artifactd" in _renders(result, pg_admin_url)
+
+
+def test_throughput__without_pgqueuer_says_the_goal_was_not_judged(
+    pg_admin_url: str,
+) -> None:
+    result = throughput.run(
+        pg_admin_url, jobs=20, concurrency=5, rounds=1, systems=("artifactd",)
+    )
+
+    assert result["goal"]["met"] is None
+    assert "goal not judged: PgQueuer on psycopg was not run" in _renders(
+        result, pg_admin_url
+    )
 
 
 def test_latency__measures_every_pickup_with_and_without_notify(
@@ -206,6 +223,10 @@ def _bench(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         (("llm", "--fleet-cap", "0"), "--fleet-cap"),
         (("memory", "--stream-s", "0"), "--stream-s"),
         (("scale", "--finished", "-1"), "--finished"),
+        (("llm", "--latency-s", "0"), "--latency-s"),
+        (("llm", "--jobs", "1"), "--jobs"),
+        (("llm", "--fleet-cap", "64"), "--fleet-cap"),
+        (("memory", "--stream-s", "0.001"), "--stream-s"),
     ],
 )
 def test_cli__a_count_it_cannot_run_with_is_refused_by_name(
@@ -234,7 +255,11 @@ def test_cli__a_role_that_may_not_create_databases_exits_1_with_the_reason(
         conn.execute(f"DROP ROLE IF EXISTS {role}")
         conn.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB")
     try:
-        url = psycopg.conninfo.make_conninfo(pg_admin_url, user=role)
+        info = psycopg.conninfo.conninfo_to_dict(pg_admin_url)
+        where = {k: str(info[k]) for k in ("host", "port") if info.get(k)}
+        url = (
+            f"postgresql://{role}@/{info.get('dbname', 'postgres')}?{urlencode(where)}"
+        )
 
         done = _bench("scale", "--finished", "0", "--claims", "1", **{URL_ENV: url})
 
@@ -244,3 +269,58 @@ def test_cli__a_role_that_may_not_create_databases_exits_1_with_the_reason(
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_cli__sigterm_to_the_bench_alone_stops_its_workers_and_drops_its_database(
+    pg_admin_url: str,
+) -> None:
+    def bench_databases() -> set[str]:
+        with psycopg.connect(pg_admin_url) as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'bench_llm_%'"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    before = bench_databases()
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", "llm", "--jobs", "400", "--latency-s", "1"],
+        cwd=ROOT,
+        env={**os.environ, URL_ENV: pg_admin_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started: list[psutil.Process] = []
+    try:
+        parent = psutil.Process(bench.pid)
+
+        def workers() -> list[psutil.Process]:
+            return [
+                p
+                for p in parent.children(recursive=True)
+                if "worker" in " ".join(p.cmdline())
+            ]
+
+        deadline = time.monotonic() + 60
+        while len(workers()) < 4 or not bench_databases() - before:
+            assert bench.poll() is None, bench.stderr.read() if bench.stderr else ""
+            assert time.monotonic() < deadline, "the bench's workers never started"
+            time.sleep(0.1)
+        started = workers()
+
+        bench.send_signal(signal.SIGTERM)
+
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        gone, alive = psutil.wait_procs(started, timeout=10)
+        assert alive == [] and len(gone) == 4
+        assert bench_databases() == before
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for proc in started:  # what a failed run would leave behind
+            if proc.is_running():
+                proc.kill()
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            for name in bench_databases() - before:
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
