@@ -102,18 +102,16 @@ def _measure(
         proc = worker(url, logs / f"latency-{mode}.log", "--generator", "echo", **env)
         try:
             with psycopg.connect(url, autocommit=True) as conn:
-                if mode == "notify":
-                    wait_until(
-                        lambda: seed.listening_backends(conn),
-                        timeout_s=timeout_s,
-                        what="the worker to listen",
-                    )
-                else:
-                    wait_until(
-                        lambda: _connected(conn),
-                        timeout_s=timeout_s,
-                        what="the worker to start",
-                    )
+                started = seed.listening_backends if mode == "notify" else _connected
+
+                def ready() -> bool:
+                    if not proc.running():
+                        raise BenchError(
+                            f"the worker exited before it was ready\n{proc.tail()}"
+                        )
+                    return bool(started(conn))
+
+                wait_until(ready, timeout_s=timeout_s, what="the worker to start")
                 conn.execute(
                     sql.SQL("LISTEN {}").format(sql.Identifier(queue.EVENTS_CHANNEL))
                 )

@@ -82,8 +82,11 @@ def run(
                 seen: set[int] = set()
 
                 def ready() -> bool:
-                    if not all(p.running() for p in procs):
-                        raise BenchError("a worker exited before it was ready")
+                    for p in procs:
+                        if not p.running():
+                            raise BenchError(
+                                f"a worker exited before it was ready\n{p.tail()}"
+                            )
                     seen.update(seed.listening_backends(conn))
                     return len(seen) >= workers
 

@@ -324,3 +324,25 @@ def test_cli__sigterm_to_the_bench_alone_stops_its_workers_and_drops_its_databas
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             for name in bench_databases() - before:
                 conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_cli__a_worker_that_dies_at_start_is_reported_with_its_reason(
+    pg_admin_url: str,
+) -> None:
+    # The bench accepts any interval; the worker refuses one over an hour.
+    done = _bench(
+        "latency",
+        "--samples",
+        "2",
+        "--poll-samples",
+        "0",
+        "--poll-interval-s",
+        "4000",
+        **{URL_ENV: pg_admin_url},
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "bench latency: the worker exited before it was ready"
+    )
+    assert "ARTIFACTD_POLL_INTERVAL_S" in done.stderr
