@@ -20,7 +20,9 @@ def show(result: dict[str, Any], console: Console | None = None) -> None:
     if goal.get("met") is None and "not_judged" in goal:
         console.print(f"goal not judged: {goal['not_judged']}")
     elif "met" in goal:
-        console.print(f"goal met: {'yes' if goal['met'] else 'NO'}")
+        console.print(
+            f"goal met: {'yes' if goal['met'] else 'NO'} ({_goal_text(goal)})"
+        )
     m = result["machine"]
     console.print(
         f"{m['cpus']} × {m['cpu_model']}, PostgreSQL {m['postgresql']}, "
@@ -193,3 +195,15 @@ _TABLES: dict[str, Callable[[dict[str, Any]], Table]] = {
     "scale": _scale,
     "memory": _memory,
 }
+
+
+def _goal_text(goal: dict[str, Any]) -> str:
+    """``{"ratio_at_most": 1.5}`` as ``ratio ≤ 1.5``, for the line under a table."""
+    parts = []
+    for key, value in goal.items():
+        for suffix, sign in (("_at_most", "≤"), ("_at_least", "≥")):
+            if key.endswith(suffix):
+                parts.append(
+                    f"{key.removesuffix(suffix).replace('_', ' ')} {sign} {value:g}"
+                )
+    return ", ".join(parts)

@@ -122,6 +122,7 @@ def test_llm__generates_every_artifact_within_the_fleet_cap(pg_admin_url: str) -
     assert "cap 3" in table
     assert "between jobs" in table
     assert "steal" in table
+    assert "(ratio to ideal ≤ 1.1, max in flight ≤ 3)" in table
 
 
 def test_scale__times_every_claim_in_both_phases(pg_admin_url: str) -> None:
