@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import psycopg
@@ -55,8 +55,20 @@ def _command(name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> No
 
 
 # Counts and durations a benchmark cannot run with are refused by name.
-POSITIVE = click.IntRange(min=1)
+FC = TypeVar("FC", bound=Callable[..., Any])
 SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+def _count(flag: str, default: int, help: str, *, least: int = 1) -> Callable[[FC], FC]:
+    """An integer option of at least ``least``, its default shown in --help."""
+    return click.option(
+        flag,
+        default=default,
+        type=click.IntRange(min=least),
+        show_default=True,
+        help=help,
+    )
+
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object only."
@@ -83,23 +95,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--jobs", default=5000, type=POSITIVE, show_default=True, help="Jobs per queue."
-)
-@click.option(
-    "--concurrency",
-    default=50,
-    type=POSITIVE,
-    show_default=True,
-    help="Worker concurrency (PgQueuer: batch size).",
-)
-@click.option(
-    "--rounds",
-    default=3,
-    type=POSITIVE,
-    show_default=True,
-    help="Runs per queue; the median counts.",
-)
+@_count("--jobs", 5000, "Jobs per queue.")
+@_count("--concurrency", 50, "Worker concurrency (PgQueuer: batch size).")
+@_count("--rounds", 3, "Runs per queue; the median counts.")
 @click.option(
     "--only",
     "systems",
@@ -116,20 +114,8 @@ def throughput(systems: tuple[str, ...], **kwargs: Any) -> None:
 
 
 @main.command()
-@click.option(
-    "--samples",
-    default=200,
-    type=POSITIVE,
-    show_default=True,
-    help="Pickups measured with LISTEN/NOTIFY.",
-)
-@click.option(
-    "--poll-samples",
-    default=20,
-    type=click.IntRange(min=0),
-    show_default=True,
-    help="Pickups measured polling (0: skip).",
-)
+@_count("--samples", 200, "Pickups measured with LISTEN/NOTIFY.")
+@_count("--poll-samples", 20, "Pickups measured polling (0: skip).", least=0)
 @click.option(
     "--poll-interval-s",
     type=SECONDS,
@@ -145,13 +131,7 @@ def latency(**kwargs: Any) -> None:
 
 
 @main.command()
-@click.option(
-    "--jobs",
-    default=320,
-    type=POSITIVE,
-    show_default=True,
-    help="Artifacts to generate.",
-)
+@_count("--jobs", 320, "Artifacts to generate.")
 @click.option(
     "--latency-s",
     default=0.2,
@@ -159,23 +139,9 @@ def latency(**kwargs: Any) -> None:
     show_default=True,
     help="Seconds the fake model takes per answer.",
 )
-@click.option(
-    "--workers", default=4, type=POSITIVE, show_default=True, help="Worker processes."
-)
-@click.option(
-    "--concurrency",
-    default=8,
-    type=POSITIVE,
-    show_default=True,
-    help="Slots per worker.",
-)
-@click.option(
-    "--fleet-cap",
-    default=16,
-    type=POSITIVE,
-    show_default=True,
-    help="ARTIFACTD_FLEET_CONCURRENCY.",
-)
+@_count("--workers", 4, "Worker processes.")
+@_count("--concurrency", 8, "Slots per worker.")
+@_count("--fleet-cap", 16, "ARTIFACTD_FLEET_CONCURRENCY.")
 @json_option
 def llm(**kwargs: Any) -> None:
     """Several workers, a fake model with fixed latency, a fleet cap."""
@@ -198,26 +164,10 @@ def llm(**kwargs: Any) -> None:
 
 
 @main.command()
-@click.option(
-    "--finished",
-    default=1_000_000,
-    type=click.IntRange(min=0),
-    show_default=True,
-    help="Finished rows added.",
-)
-@click.option(
-    "--claims",
-    default=200,
-    type=POSITIVE,
-    show_default=True,
-    help="Claims timed per round and kind.",
-)
-@click.option(
-    "--batch", default=10, type=POSITIVE, show_default=True, help="Rows per claim."
-)
-@click.option(
-    "--rounds", default=3, type=POSITIVE, show_default=True, help="Rounds per phase."
-)
+@_count("--finished", 1_000_000, "Finished rows added.", least=0)
+@_count("--claims", 200, "Claims timed per round and kind.")
+@_count("--batch", 10, "Rows per claim.")
+@_count("--rounds", 3, "Rounds per phase.")
 @json_option
 def scale(**kwargs: Any) -> None:
     """Claim time with no finished rows and with a million."""
@@ -227,13 +177,7 @@ def scale(**kwargs: Any) -> None:
 
 
 @main.command()
-@click.option(
-    "--streams",
-    default=64,
-    type=POSITIVE,
-    show_default=True,
-    help="Streamed calls in flight at once.",
-)
+@_count("--streams", 64, "Streamed calls in flight at once.")
 @click.option(
     "--stream-s",
     default=10.0,
