@@ -105,10 +105,7 @@ def _measure(
                 started = seed.listening_backends if mode == "notify" else _connected
 
                 def ready() -> bool:
-                    if not proc.running():
-                        raise BenchError(
-                            f"the worker exited before it was ready\n{proc.tail()}"
-                        )
+                    proc.raise_if_exited("the worker exited before it was ready")
                     return bool(started(conn))
 
                 wait_until(ready, timeout_s=timeout_s, what="the worker to start")
@@ -149,8 +146,7 @@ def _one(
     artifact_id = row[0]
     deadline = time.monotonic() + timeout_s
     while True:
-        if not proc.running():
-            raise BenchError(f"the worker exited\n{proc.tail()}")
+        proc.raise_if_exited("the worker exited")
         remaining_s = deadline - time.monotonic()
         if remaining_s <= 0:
             raise BenchError(

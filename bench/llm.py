@@ -83,10 +83,7 @@ def run(
 
                 def ready() -> bool:
                     for p in procs:
-                        if not p.running():
-                            raise BenchError(
-                                f"a worker exited before it was ready\n{p.tail()}"
-                            )
+                        p.raise_if_exited("a worker exited before it was ready")
                     seen.update(seed.listening_backends(conn))
                     return len(seen) >= workers
 
@@ -219,9 +216,8 @@ def _wait_done(
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while _unfinished(conn):
-        dead = [p for p in procs if not p.running()]
-        if dead:
-            raise BenchError(f"a worker exited\n{dead[0].tail()}")
+        for p in procs:
+            p.raise_if_exited("a worker exited")
         if time.monotonic() > deadline:
             raise BenchError(f"not done after {timeout_s:g}s")
         time.sleep(0.02)

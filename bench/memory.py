@@ -81,8 +81,7 @@ def run(
                     timeout_s=timeout_s,
                     what="the worker to listen",
                 )
-                if not proc.running():
-                    raise BenchError(f"the worker exited\n{proc.tail()}")
+                proc.raise_if_exited("the worker exited")
                 time.sleep(1.0)  # let start-up garbage settle
                 idle_mb = ps.memory_info().rss / MB
                 conn.execute(
@@ -108,8 +107,7 @@ def run(
                     timeout_s=timeout_s,
                     what="every artifact to finish",
                 )
-                if not proc.running():
-                    raise BenchError(f"the worker exited\n{proc.tail()}")
+                proc.raise_if_exited("the worker exited")
                 after_mb = ps.memory_info().rss / MB
                 row = conn.execute(
                     "SELECT count(*) FILTER (WHERE state = 'success') FROM generated_artifacts"

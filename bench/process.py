@@ -123,6 +123,11 @@ class Process:
                 self._reap_within(30.0)
         self._log.close()
 
+    def raise_if_exited(self, what: str) -> None:
+        """BenchError saying ``what`` with the end of the log, once it has exited."""
+        if not self.running():
+            raise BenchError(f"{what}\n{self.tail()}")
+
     def tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])

@@ -39,15 +39,12 @@ def bench_server() -> Iterator[str]:
         if not url.startswith(("postgresql://", "postgres://")):
             # The workers take their database as ARTIFACTD_DATABASE_URL, a URL.
             raise BenchError(f"{URL_ENV} must be a postgresql:// URL")
-        try:
-            psycopg.connect(url, connect_timeout=10).close()
-        except psycopg.Error as exc:
-            raise BenchError(
-                f"{URL_ENV}: cannot connect: {' '.join(str(exc).split())}"
-            ) from exc
+        reason = _unreachable(url, timeout_s=10)
+        if reason:
+            raise BenchError(f"{URL_ENV}: cannot connect: {reason}")
         yield url
         return
-    if _answers(DEFAULT_URL):
+    if not _unreachable(DEFAULT_URL, timeout_s=2):
         yield DEFAULT_URL
         return
     with warnings.catch_warnings():
@@ -62,12 +59,13 @@ def bench_server() -> Iterator[str]:
             server.cleanup()
 
 
-def _answers(url: str) -> bool:
+def _unreachable(url: str, *, timeout_s: int) -> str | None:
+    """Why ``url`` cannot be connected to, on one line; None when it answers."""
     try:
-        with psycopg.connect(url, connect_timeout=2):
-            return True
-    except psycopg.OperationalError:
-        return False
+        psycopg.connect(url, connect_timeout=timeout_s).close()
+    except psycopg.Error as exc:
+        return " ".join(str(exc).split())
+    return None
 
 
 def with_database(url: str, name: str) -> str:
