@@ -35,6 +35,19 @@ def artifactd(
     )
 
 
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a ``PYTHONPROFILEIMPORTTIME=1`` process listed as imported.
+
+    The interpreter lists every module an import statement loads (not those
+    loaded by ``importlib.import_module``, but what they import in turn).
+    """
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
 def test_run__a_worker_imports_no_other_command_and_no_sqlalchemy(
     clean_db: str,
 ) -> None:
@@ -43,16 +56,10 @@ def test_run__a_worker_imports_no_other_command_and_no_sqlalchemy(
     )
     assert enq.returncode == 0, enq.stderr
 
-    # The interpreter lists on standard error every module an import statement
-    # loads (not those loaded by importlib.import_module, but what they import).
     run = artifactd(clean_db, "run", "--drain", env={"PYTHONPROFILEIMPORTTIME": "1"})
 
     assert run.returncode == 0, run.stderr
-    imported = {
-        line.rsplit("|", 1)[1].strip()
-        for line in run.stderr.splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
+    imported = imported_modules(run.stderr)
     assert {"worker.daemon", "worker.cli.common", "psycopg_pool"} <= imported
     unneeded = sorted(
         name
@@ -74,11 +81,7 @@ def test_notify__the_notifier_command_imports_no_sqlalchemy(clean_db: str) -> No
     )
 
     assert shown.returncode == 0, shown.stderr
-    imported = {
-        line.rsplit("|", 1)[1].strip()
-        for line in shown.stderr.splitlines()
-        if line.startswith("import time:") and "|" in line
-    }
+    imported = imported_modules(shown.stderr)
     assert {"worker.notifier", "psycopg_pool"} <= imported
     assert sorted(n for n in imported if n.split(".")[0] == "sqlalchemy") == []
 
